@@ -1,0 +1,1 @@
+"""Inference: exact posterior, CAVI, gradient estimators, SVI, divergences, summaries."""
