@@ -105,7 +105,7 @@ def cavi(model: PoissonGamma, tol: float = 1e-12, max_iter: int = 10_000) -> CAV
     trace = [elbo(m, q_u, q_v)]
     converged = False
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (it is returned)
         old = (q_u.rate, q_v.rate)
         q_u = GammaFactor(q_u.shape, m.b_u + m.N * q_v.mean)
         q_v = GammaFactor(q_v.shape, m.b_v + m.N * q_u.mean)

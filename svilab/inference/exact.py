@@ -35,8 +35,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.polynomial.legendre import leggauss
 import torch
+from numpy.polynomial.legendre import leggauss
 from scipy import optimize
 
 from svilab.models.poisson_gamma import PoissonGamma

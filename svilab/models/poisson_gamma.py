@@ -110,6 +110,13 @@ class PoissonGamma:
         r""":math:`\log p(x, u, v)` for (u, v) of any (broadcastable) batch shape."""
         return self.log_likelihood(u, v) + self.log_prior(u, v)
 
+    def grad_log_joint(self, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Hand-written :math:`\partial_u \log p = (a_u + S - 1)/u - b_u - N v` and
+        :math:`\partial_v \log p = (a_v + S - 1)/v - b_v - N u` (for u, v > 0)."""
+        du = (self.a_u + self.S - 1) / u - self.b_u - self.N * v
+        dv = (self.a_v + self.S - 1) / v - self.b_v - self.N * u
+        return du, dv
+
     # ------------------------------------------------------------------ helpers
     def config(self) -> dict:
         return {"data": [int(x) for x in self.data.tolist()],

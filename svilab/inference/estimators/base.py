@@ -1,0 +1,154 @@
+r"""The one interface every gradient estimator shares (after DeepMind's ``mc_gradients``).
+
+An estimator is an object with
+
+* ``noise(reps, M, D, generator, dtype)`` -> uniform base noise of shape ``(D, reps, M)``
+  (latent-first, see :mod:`.families`)
+  (i.i.d. uniforms by default; randomized quasi-Monte Carlo points for the QMC estimator), and
+* ``__call__(target, family, params, eps)`` -> estimates of shape ``(reps, P)``: one gradient
+  estimate of the ELBO w.r.t. the ``P = 2 D`` guide parameters per repetition, each averaging
+  ``M`` samples; or shape ``(reps,)`` for the ELBO-value estimator.
+
+:func:`estimate` runs any of them on ``reps`` repetitions in chunks of at most ``chunk``
+(repetition x sample) pairs, so memory stays bounded at any M and reps. Within a chunk everything
+is vectorized over both samples and repetitions.
+
+``target`` is a :class:`Target`: the model's log joint :math:`\log p(x, z)` of ``z`` with shape
+``(D, *B)`` and its gradient in ``z`` (hand-written where the model has one, else autograd).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from svilab.inference.estimators.families import Family, get_family
+from svilab.validation import positive_int
+
+
+class Target:
+    """A differentiable log joint :math:`\\log p(x, z)` of z with shape ``(D, *B)`` (latent-first).
+
+    :param log_joint: function ``z -> (*B)``.
+    :param grad: optional function ``z -> (D, *B)``, the gradient of ``log_joint`` in z;
+        computed with ``torch.autograd`` when omitted.
+    """
+
+    def __init__(self, log_joint: Callable, grad: Callable | None = None, dim: int = 2,
+                 names: tuple[str, ...] = ("u", "v")) -> None:
+        self.log_joint = log_joint
+        self._grad = grad
+        self.dim = dim
+        self.names = names
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self.log_joint(z)
+
+    def grad(self, z: torch.Tensor) -> torch.Tensor:
+        if self._grad is not None:
+            return self._grad(z)
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.log_joint(z).sum(), z)
+        return g
+
+    @classmethod
+    def from_poisson_gamma(cls, model) -> Target:
+        r"""The Poisson-Gamma log joint with its hand-written gradient, through the sufficient
+        statistics: :math:`c + (a_u+S-1)\log u + (a_v+S-1)\log v - b_u u - b_v v - N u v` for
+        u, v > 0 (the guide families here only produce positive z)."""
+        m = model
+        const = (m.a_u * math.log(m.b_u) - math.lgamma(m.a_u) + m.a_v * math.log(m.b_v)
+                 - math.lgamma(m.a_v) - m.log_factorials)
+        ku, kv = m.a_u + m.S - 1, m.a_v + m.S - 1
+
+        def log_joint(z):
+            u, v = z[0], z[1]
+            return ku * torch.log(u) + kv * torch.log(v) - u * (m.b_u + m.N * v) - m.b_v * v + const
+
+        def grad(z):
+            u, v = z[0], z[1]
+            return torch.stack((ku / u - m.b_u - m.N * v, kv / v - m.b_v - m.N * u), 0)
+
+        return cls(log_joint, grad)
+
+
+class Estimator:
+    """Base class: i.i.d. uniform noise; subclasses implement ``__call__``."""
+
+    name: str = ""
+    #: smallest M the estimator is defined for
+    min_samples: int = 1
+    #: True for the ELBO-value estimator (output (reps,)), False for gradients (reps, P)
+    is_value: bool = False
+
+    def noise(self, reps: int, M: int, D: int, generator: torch.Generator,
+              dtype: torch.dtype) -> torch.Tensor:
+        eps = torch.rand((D, reps, M), generator=generator, dtype=dtype)
+        # keep strictly inside (0, 1): the inverse CDFs are infinite at the end points
+        return eps.clamp_(torch.finfo(dtype).eps * 0.5, 1 - torch.finfo(dtype).eps * 0.5)
+
+    def __call__(self, target: Target, family: Family, params: torch.Tensor,
+                 eps: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def check_params(params, D: int = 2, dtype=torch.float64) -> torch.Tensor:
+    """Guide parameters as a ``(D, 2)`` tensor [(loc, scale) per latent]; raise on NaN or scale <= 0."""
+    p = torch.as_tensor(params, dtype=dtype)
+    if p.numel() != 2 * D:
+        raise ValueError(f"guide parameters: expected {2 * D} numbers "
+                         f"(mu_u, sigma_u, mu_v, sigma_v), got {p.numel()}")
+    p = p.reshape(D, 2)
+    if not torch.isfinite(p).all():
+        raise ValueError(f"guide parameters must be finite, got {p.flatten().tolist()}")
+    if (p[:, 1] <= 0).any():
+        raise ValueError(f"guide scales (sigma) must be positive, got {p[:, 1].tolist()}")
+    return p
+
+
+def estimate(estimator: Estimator | str, target: Target, family: Family | str, params,
+             M: int, reps: int, seed: int | None = 0, generator: torch.Generator | None = None,
+             chunk: int = 2**16, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Run ``estimator`` ``reps`` times with ``M`` samples each; returns ``(reps, P)``
+    (or ``(reps,)`` for the ELBO estimator).
+
+    Repetitions are processed in chunks of about ``chunk`` samples (repetitions x M) in total:
+    memory stays bounded at any M and reps, and small chunks stay in the CPU cache. The noise is
+    drawn from ``generator`` (or a new one seeded with ``seed``), so a given seed and chunk size
+    reproduce the same numbers.
+    """
+    from svilab.inference.estimators import get_estimator
+
+    est = get_estimator(estimator)
+    fam = get_family(family)
+    M = positive_int(M, "M (samples per estimate)", est.min_samples)
+    reps = positive_int(reps, "reps (repetitions)", 1)
+    p = check_params(params, target.dim, dtype)
+    if generator is None:
+        generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    per = max(1, min(reps, chunk // M))
+    out = []
+    with torch.no_grad():
+        for start in range(0, reps, per):    # loop over chunks of repetitions, not samples
+            r = min(per, reps - start)
+            eps = est.noise(r, M, target.dim, generator, dtype)
+            out.append(est(target, fam, p, eps))
+    return torch.cat(out, 0)
+
+
+def to_rows(g: torch.Tensor) -> torch.Tensor:
+    """Per-sample parameter gradients (D, 2, R, M) -> per-repetition means (R, 2 D), ordered
+    (loc_1, scale_1, loc_2, scale_2, ...)."""
+    D, _, R, _ = g.shape
+    return g.mean(-1).permute(2, 0, 1).reshape(R, 2 * D)
+
+
+def mean_and_se(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over repetitions and its standard error (sample sd / sqrt(reps))."""
+    n = values.shape[0]
+    if n < 2:
+        raise ValueError("need at least 2 repetitions for a standard deviation (reps >= 2)")
+    return values.mean(0), values.std(0) / math.sqrt(n)

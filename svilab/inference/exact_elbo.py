@@ -1,0 +1,89 @@
+r"""The exact ELBO of a mean-field guide and its exact gradient, by 2-D quadrature.
+
+For :math:`q_\lambda(z) = q_{\lambda_1}(z_1)\,q_{\lambda_2}(z_2)`,
+
+.. math::
+
+    \mathcal{L}(\lambda) = \iint q_{\lambda_1}(z_1) q_{\lambda_2}(z_2)\,
+        \log p(x, z_1, z_2)\, dz_1 dz_2 \;-\; \sum_i \int q_{\lambda_i}(z_i) \log q_{\lambda_i}(z_i)\, dz_i,
+
+computed with a tensor product of one-dimensional double-exponential (tanh-sinh) rules, one per
+factor, in the standardized variable of the factor (:math:`t = (z - \mu)/\sigma` on
+:math:`(-\mu/\sigma, \infty)` for the truncated Normal, :math:`n = (\log z - \mu)/\sigma` for the
+LogNormal), cut where the Normal weight is below :math:`e^{-72}`. Tanh-sinh converges
+exponentially also with the log singularity of :math:`\log p` at :math:`z \to 0`. Nodes and
+weights are differentiable functions of :math:`\lambda`, so ``torch.autograd`` gives the exact
+gradient (boundary terms included). Accuracy: ~1e-10 relative with the default rule; the tests
+check it against ``scipy.integrate.dblquad`` and finite differences.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch.special import log_ndtr
+
+from svilab.inference.estimators.base import Target, check_params
+from svilab.inference.estimators.families import Family, get_family
+
+_L = 12.0         # standardized half-width: Normal weight exp(-72) there
+_H = 1.0 / 32.0   # tanh-sinh step
+_K = 110          # nodes k = -K..K, k h up to ~3.4
+
+
+def _tanh_sinh(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes as a fraction s in (0, 1) of [a, b], and weights (including b - a)."""
+    k = torch.arange(-_K, _K + 1, dtype=a.dtype) * _H
+    u = 0.5 * math.pi * torch.sinh(k)
+    s = torch.sigmoid(2 * u)                                   # (1 + tanh u) / 2, stable
+    w = (b - a) * 2 * s * torch.sigmoid(-2 * u) * 0.5 * math.pi * torch.cosh(k) * _H
+    return s, w
+
+
+def factor_rule(family: Family, mu: torch.Tensor, sigma: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes z and weights w with :math:`\\sum_k w_k f(z_k) \\approx E_q[f(z)]` for one factor."""
+    if family.name == "normal":
+        alpha = mu / sigma
+        a = torch.clamp(-alpha, min=-_L)
+        b = torch.clamp(-alpha, min=0.0) + _L
+        s, w = _tanh_sinh(a, b)
+        t = a + (b - a) * s
+        # z = mu + sigma t, written so that z -> 0+ exactly at the truncation point
+        offset = torch.where(-alpha > -_L, torch.zeros_like(mu), mu + sigma * a)
+        z = sigma * (b - a) * s + offset
+        logw = -0.5 * t**2 - 0.5 * math.log(2 * math.pi) - log_ndtr(alpha)
+        return z, w * torch.exp(logw)
+    if family.name == "lognormal":
+        a, b = torch.tensor(-_L, dtype=mu.dtype), torch.tensor(_L, dtype=mu.dtype)
+        s, w = _tanh_sinh(a, b)
+        n = a + (b - a) * s
+        return torch.exp(mu + sigma * n), w * torch.exp(-0.5 * n**2 - 0.5 * math.log(2 * math.pi))
+    raise ValueError(f"no quadrature rule for family {family.name!r}")
+
+
+def exact_elbo(target: Target | Callable, family: Family | str, params,
+               dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The ELBO at ``params`` (shape (2, 2) or 4 numbers), differentiable in ``params``."""
+    fam = get_family(family)
+    p = params if isinstance(params, torch.Tensor) and params.shape == (2, 2) else check_params(
+        params, 2, dtype)
+    (zu, wu), (zv, wv) = (factor_rule(fam, p[i, 0], p[i, 1]) for i in range(2))
+    z = torch.stack(torch.broadcast_tensors(zu[:, None], zv[None, :]), 0)       # (2, K, K)
+    lp = target(z)
+    e_logp = (wu[:, None] * wv[None, :] * lp).sum()
+    lq = fam.log_prob(p, torch.stack((zu, zv), 0))                               # (2, K)
+    e_logq = (wu * lq[0]).sum() + (wv * lq[1]).sum()
+    return e_logp - e_logq
+
+
+def exact_elbo_and_grad(target: Target | Callable, family: Family | str, params,
+                        dtype: torch.dtype = torch.float64) -> tuple[float, torch.Tensor]:
+    """``(ELBO, gradient)`` with the gradient flattened as (mu_u, sigma_u, mu_v, sigma_v)."""
+    p = check_params(params, 2, dtype).clone().requires_grad_(True)
+    with torch.enable_grad():
+        value = exact_elbo(target, family, p, dtype)
+        (g,) = torch.autograd.grad(value, p)
+    return float(value.detach()), g.flatten()
