@@ -51,3 +51,59 @@ def test_help_on_every_subcommand(capsys):
             main([name, "--help"])
         assert e.value.code == 0
         assert "usage" in capsys.readouterr().out
+
+
+def test_gradients_json_keys(tmp_path, capsys):
+    argv = ["gradients", "--json", "--out", str(tmp_path), "--M", "5", "50", "--reps", "200",
+            "--estimators", "score", "reparam", "--no-boxplots"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    names = ("mu_u", "sigma_u", "mu_v", "sigma_v")
+    assert set(out["point"]) == set(names)
+    assert set(out["exact"]) >= {"elbo", "grad"} and set(out["exact"]["grad"]) == set(names)
+    assert len(out["results"]) == 4
+    for r in out["results"]:
+        assert {"estimator", "M", "mean", "std", "seconds"} <= set(r)
+        assert set(r["mean"]) == set(names) and set(r["std"]) == set(names)
+        # unbiased within 4.5 standard errors, in the command's own output
+        for k in names:
+            se = r["std"][k] / 200**0.5
+            assert abs(r["mean"][k] - out["exact"]["grad"][k]) < 4.5 * se
+    assert (tmp_path / "variance_vs_M.png").exists()
+    assert (tmp_path / "gradients_score.md").exists()
+
+
+def test_elbo_json_and_rerun_reproduces(tmp_path, capsys):
+    argv = ["elbo", "--json", "--M", "5", "100", "--reps", "300", "--seed", "7"]
+    assert main(argv + ["--out", str(tmp_path / "a")]) == 0
+    a = json.loads(capsys.readouterr().out)
+    assert main(argv + ["--out", str(tmp_path / "b")]) == 0
+    b = json.loads(capsys.readouterr().out)
+    assert a["results"] == b["results"]
+    assert a["exact"]["elbo"] == pytest.approx(-26.481608946, abs=1e-8)
+    assert (tmp_path / "a" / "elbo_boxplot.png").exists()
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["gradients", "--M", "0"], "M must be >= 1"),
+    (["gradients", "--reps", "1"], "--reps must be >= 2"),
+    (["gradients", "--estimators", "bogus"], "unknown estimator"),
+    (["gradients", "--point", "5,-0.5,1,0.2"], "sigma"),
+    (["gradients", "--point", "5,nan,1,0.2"], "finite"),
+    (["gradients", "--estimators", "score_loo", "--M", "1"], "M >= 2"),
+    (["elbo", "--M", "0"], "M must be >= 1"),
+])
+def test_gradients_bad_input(argv, msg, tmp_path, capsys):
+    assert main(argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err
+
+
+def test_demo_runs_every_experiment(tmp_path, capsys):
+    assert main(["demo", "--json", "--out", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"exact", "elbo", "gradients", "seconds"} <= set(out)
+    assert out["exact"]["cavi"]["kl"] == pytest.approx(0.872594, abs=1e-6)
+    for sub in ("exact", "elbo", "gradients"):
+        assert (tmp_path / sub / "results.json").exists()
+    assert (tmp_path / "config.json").exists()

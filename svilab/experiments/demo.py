@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from svilab.experiments import exact
+from svilab.experiments import exact, gradients
 from svilab.experiments.common import Reporter, add_run_args, run_folder
 from svilab.models.poisson_gamma import PoissonGamma
 
@@ -31,6 +31,22 @@ def main(args: argparse.Namespace) -> int:
     reporter.say("== 1. Exact posterior and mean-field CAVI ==")
     results["exact"] = exact.run(model, folder.sub("exact"), reporter,
                                  {"command": "exact", **model.config()})
+
+    reporter.say("\n== 2. Monte Carlo ELBO estimator (notebook 1.1) ==")
+    point = gradients.NOTEBOOK_POINT
+    cfg = {"family": "normal", "point": point, "M": [5, 10, 100, 1000], "reps": 1000, "seed": args.seed}
+    sub = folder.sub("elbo")
+    sub.write_config({"command": "elbo", **cfg, **model.config()})
+    results["elbo"] = gradients.run_elbo(model, "normal", point, cfg["M"], cfg["reps"], args.seed, sub, reporter)
+    sub.write_results(results["elbo"])
+
+    reporter.say("\n== 3. Gradient estimators (notebook 1.2-1.3, with variance reduction) ==")
+    cfg = {**cfg, "reps": 500, "estimators": list(gradients.GRADIENT_ESTIMATORS)}
+    sub = folder.sub("gradients")
+    sub.write_config({"command": "gradients", **cfg, **model.config()})
+    results["gradients"] = gradients.run_gradients(
+        model, "normal", point, cfg["estimators"], cfg["M"], cfg["reps"], args.seed, sub, reporter)
+    sub.write_results(results["gradients"])
 
     results["seconds"] = time.perf_counter() - t0
     folder.write_results(results)

@@ -4,8 +4,9 @@ A family describes :math:`q_\lambda(z) = \prod_{i=1}^{D} q_{\lambda_i}(z_i)` wit
 :math:`\lambda_i = (\mathrm{loc}_i, \mathrm{scale}_i)`; parameters are a tensor of shape
 ``(D, 2)``. Noise and samples are **latent-first**, shape ``(D, *B)`` for any batch shape ``B``
 (so each latent's values are contiguous in memory, which keeps the elementwise work fast);
-per-coordinate outputs have the same shape, and parameter derivatives shape ``(D, 2, *B)``. The base noise is **uniform** on (0, 1) for every family,
-so that quasi-Monte Carlo points can be pushed through the same inverse-CDF maps.
+per-coordinate outputs have the same shape, and parameter derivatives shape ``(D, 2, *B)``.
+The base noise is **uniform** on (0, 1) for every family, so that quasi-Monte Carlo points
+can be pushed through the same inverse-CDF maps.
 
 Everything here is written out by hand (no autograd), as the baseline the mission asks for; the
 tests check each derivative against ``torch.autograd``.
