@@ -209,28 +209,26 @@ def _config(args, command):
     return {"command": command, **{k: v for k, v in vars(args).items() if k != "func"}}
 
 
-def main_elbo(args) -> int:
+def _main(args, command: str, run) -> int:
+    """Shared body of both commands: model, run folder, config, run, results, JSON."""
     model = model_from_args(args)
     reporter = Reporter(args.json)
     point = _point(args)
-    folder = run_folder(args, "elbo")
-    folder.write_config({**_config(args, "elbo"), "point": point, **model.config()})
-    res = run_elbo(model, args.family, point, args.M, args.reps, args.seed, folder, reporter)
+    folder = run_folder(args, command)
+    folder.write_config({**_config(args, command), "point": point, **model.config()})
+    res = run(model, point, folder, reporter)
     folder.write_results(res)
     reporter.say(f"\nRun folder: {folder}")
     reporter.emit_json(res)
     return 0
+
+
+def main_elbo(args) -> int:
+    return _main(args, "elbo", lambda model, point, folder, reporter: run_elbo(
+        model, args.family, point, args.M, args.reps, args.seed, folder, reporter))
 
 
 def main_gradients(args) -> int:
-    model = model_from_args(args)
-    reporter = Reporter(args.json)
-    point = _point(args)
-    folder = run_folder(args, "gradients")
-    folder.write_config({**_config(args, "gradients"), "point": point, **model.config()})
-    res = run_gradients(model, args.family, point, args.estimators, args.M, args.reps, args.seed,
-                        folder, reporter, boxplots=not args.no_boxplots)
-    folder.write_results(res)
-    reporter.say(f"\nRun folder: {folder}")
-    reporter.emit_json(res)
-    return 0
+    return _main(args, "gradients", lambda model, point, folder, reporter: run_gradients(
+        model, args.family, point, args.estimators, args.M, args.reps, args.seed, folder, reporter,
+        boxplots=not args.no_boxplots))
