@@ -10,7 +10,7 @@ import warnings
 
 def build_parser() -> argparse.ArgumentParser:
     from svilab import __version__
-    from svilab.experiments import demo, exact, gradients
+    from svilab.experiments import demo, exact, gradients, posterior
 
     parser = argparse.ArgumentParser(
         prog="svilab",
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"svilab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (demo, exact, gradients):
+    for module in (demo, exact, gradients, posterior):
         module.register(sub)
     return parser
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+    warnings.filterwarnings("ignore", message=".*torch.jit.trace.*is deprecated")  # Pyro's JIT ELBOs/NUTS
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -102,8 +102,48 @@ def test_gradients_bad_input(argv, msg, tmp_path, capsys):
 def test_demo_runs_every_experiment(tmp_path, capsys):
     assert main(["demo", "--json", "--out", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert {"exact", "elbo", "gradients", "seconds"} <= set(out)
+    assert {"exact", "elbo", "gradients", "posterior", "seconds"} <= set(out)
     assert out["exact"]["cavi"]["kl"] == pytest.approx(0.872594, abs=1e-6)
-    for sub in ("exact", "elbo", "gradients"):
+    kl = {m["name"]: m["kl"] for m in out["posterior"]["methods"]}
+    assert kl["gamma"] == pytest.approx(0.872594, abs=0.005) and kl["flow"] < 0.004 and kl["nuts"] is None
+    for sub in ("exact", "elbo", "gradients", "posterior"):
         assert (tmp_path / sub / "results.json").exists()
     assert (tmp_path / "config.json").exists()
+
+
+def test_posterior_json_keys_and_files(tmp_path, capsys):
+    argv = ["posterior", "--json", "--out", str(tmp_path), "--guides", "gamma", "mvn", "--steps", "300",
+            "--nuts", "--nuts-samples", "100", "--nuts-warmup", "100", "--chains", "2", "--draws", "1000",
+            "--elbo-samples", "20000"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["log_evidence"] == pytest.approx(-24.689867112868, abs=1e-9)
+    assert [m["name"] for m in out["methods"]] == ["gamma", "mvn", "nuts"]
+    for m in out["methods"]:
+        assert {"name", "elbo", "kl", "u", "v", "corr", "seconds"} <= set(m)
+        assert set(m["u"]) == {"mean", "sd"} and set(m["v"]) == {"mean", "sd"}
+    gamma, mvn, nuts = out["methods"]
+    assert nuts["elbo"] is None and nuts["kl"] is None
+    assert gamma["kl"] == pytest.approx(out["log_evidence"] - gamma["elbo"])
+    assert mvn["kl"] < 0.3 < gamma["kl"] and mvn["corr"] < -0.7 and abs(gamma["corr"]) < 0.1
+    for f in ("config.json", "results.json", "comparison.csv", "comparison.md", "summary_gamma.csv",
+              "summary_nuts.md", "posterior_joint.png", "posterior_marginals.png", "svi_loss.png", "nuts_trace.png",
+              "inference_data/mvn.nc"):
+        assert (tmp_path / f).exists(), f
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["svi"]["gamma"] == {"steps": 300, "particles": 16, "lr": 0.02} and cfg["seed"] == 0
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--guides", "iaf"], "unknown guide 'iaf'; known: normal, lognormal, gamma, mvn, flow"),
+    (["--loss", "kl"], "unknown loss 'kl'"),
+    (["--loss", "gjs"], "is for the VAE"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--particles", "0"], "--particles must be >= 1"),
+    (["--loss", "renyi", "--particles", "1"], "needs --particles >= 2"),
+    (["--chains", "0"], "--chains must be >= 1"),
+])
+def test_posterior_bad_input(argv, msg, tmp_path, capsys):
+    assert main(["posterior", "--out", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err

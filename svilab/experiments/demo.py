@@ -1,4 +1,4 @@
-"""``svilab demo``: every Poisson-Gamma experiment on the embedded data, in about a minute.
+"""``svilab demo``: every Poisson-Gamma experiment on the embedded data, in about a minute and a half.
 
 Writes one run folder with a sub-folder per experiment and prints each summary table.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from svilab.experiments import exact, gradients
+from svilab.experiments import exact, gradients, posterior
 from svilab.experiments.common import Reporter, add_run_args, run_folder
 from svilab.models.poisson_gamma import PoissonGamma
 
@@ -47,6 +47,13 @@ def main(args: argparse.Namespace) -> int:
     results["gradients"] = gradients.run_gradients(
         model, "normal", point, cfg["estimators"], cfg["M"], cfg["reps"], args.seed, sub, reporter)
     sub.write_results(results["gradients"])
+
+    reporter.say("\n== 4. SVI with five guides and NUTS vs the exact posterior ==")
+    sub = folder.sub("posterior")
+    cfg = posterior.config_from_args(posterior.default_args("--nuts", "--seed", str(args.seed)), model)
+    sub.write_config(cfg)
+    results["posterior"] = posterior.run(model, sub, reporter, cfg)
+    sub.write_results(results["posterior"])
 
     results["seconds"] = time.perf_counter() - t0
     folder.write_results(results)

@@ -68,15 +68,14 @@ class PoissonGamma:
         self.S = float(self.data.sum())
         #: :math:`\sum_i \log x_i!`
         self.log_factorials = float(torch.lgamma(self.data + 1).sum())
+        self._prior_tensors = tuple((torch.tensor(a, dtype=self.data.dtype), torch.tensor(b, dtype=self.data.dtype))
+                                    for a, b in ((self.a_u, self.b_u), (self.a_v, self.b_v)))
 
     # ------------------------------------------------------------------ Pyro model
     def model(self) -> None:
         """The Pyro model. Vectorizes over particles (``max_plate_nesting=1``)."""
-        dtype = self.data.dtype
-        u = pyro.sample("u", dist.Gamma(torch.tensor(self.a_u, dtype=dtype),
-                                        torch.tensor(self.b_u, dtype=dtype)))
-        v = pyro.sample("v", dist.Gamma(torch.tensor(self.a_v, dtype=dtype),
-                                        torch.tensor(self.b_v, dtype=dtype)))
+        u = pyro.sample("u", dist.Gamma(*self._prior_tensors[0]))
+        v = pyro.sample("v", dist.Gamma(*self._prior_tensors[1]))
         with pyro.plate("data", self.N):
             pyro.sample("x", dist.Poisson(u * v), obs=self.data)
 

@@ -1,0 +1,296 @@
+"""``svilab posterior``: SVI with several guides (and NUTS) on the Poisson-Gamma model, compared
+with the exact posterior and mean-field CAVI.
+
+For each guide: fit by SVI, then the ELBO (closed form for ``gamma``, quadrature for ``normal``,
+Monte Carlo with its standard error otherwise), KL = log p(x) - ELBO, posterior moments from
+guide draws, an ArviZ InferenceData and ``az.summary``. Writes the comparison table, one
+``summary_<method>`` table per method, ``inference_data/<method>.nc`` and the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+
+from svilab.experiments.common import Reporter, add_model_args, add_run_args, model_from_args, run_folder
+from svilab.experiments.runs import RunFolder
+from svilab.guides import GUIDES, JIT_GUIDES, make_guide
+from svilab.inference.cavi import GammaFactor, cavi
+from svilab.inference.cavi import elbo as gamma_elbo
+from svilab.inference.exact import ExactPosterior
+from svilab.inference.losses import LOSSES, loss_name
+from svilab.inference.mcmc import run_nuts
+from svilab.inference.summaries import (
+    MethodResult,
+    comparison_table,
+    elbo_estimate,
+    guide_inference_data,
+    mcmc_inference_data,
+    summary,
+)
+from svilab.inference.svi import fit
+from svilab.models.poisson_gamma import PoissonGamma
+from svilab.validation import choice, positive, positive_int
+
+#: SVI settings per guide (the flow's steps cost ~5x more, so it takes fewer, larger-batch steps)
+GUIDE_DEFAULTS = {
+    "flow": {"steps": 800, "particles": 128, "lr": 0.03},
+    "default": {"steps": 2000, "particles": 16, "lr": 0.02},
+}
+SVI_LOSSES = ("trace_elbo", "meanfield_elbo", "renyi")
+COLORS = {"normal": "tab:orange", "lognormal": "tab:green", "gamma": "tab:red", "mvn": "tab:purple",
+          "flow": "tab:brown", "nuts": "tab:gray", "cavi": "tab:pink"}
+
+
+def settings(guide: str, steps: int | None, particles: int | None, lr: float | None) -> dict:
+    base = GUIDE_DEFAULTS.get(guide, GUIDE_DEFAULTS["default"])
+    return {"steps": base["steps"] if steps is None else positive_int(steps, "--steps"),
+            "particles": base["particles"] if particles is None else positive_int(particles, "--particles"),
+            "lr": base["lr"] if lr is None else positive(lr, "--lr")}
+
+
+def exact_guide_elbo(model: PoissonGamma, name: str) -> float | None:
+    """The ELBO of the fitted hand-written guide without Monte Carlo: closed form (Gamma) or
+    2-D quadrature (truncated Normal). None for the autoguides."""
+    store = pyro.get_param_store()
+    if name == "gamma":
+        q = [GammaFactor(store[f"gamma.{s}.concentration"].item(),
+                         (store[f"gamma.{s}.concentration"] / store[f"gamma.{s}.mean"]).item()) for s in "uv"]
+        return gamma_elbo(model, *q)
+    if name == "normal":
+        from svilab.inference.estimators.base import Target
+        from svilab.inference.exact_elbo import exact_elbo
+
+        params = [store[f"normal.{s}.{p}"].item() for s in "uv" for p in ("loc", "scale")]
+        return float(exact_elbo(Target.from_poisson_gamma(model), "normal", params))
+    return None
+
+
+def fit_guide(model: PoissonGamma, name: str, loss: str, alpha: float | None, cfg: dict, seed: int,
+              n_elbo: int, n_draws: int) -> tuple[MethodResult, np.ndarray]:
+    """Fit guide ``name`` and evaluate it; returns the method row and the loss history."""
+    pyro.clear_param_store()
+    guide = make_guide(name, model.model)
+    result = fit(model.model, guide, loss=loss, alpha=alpha, steps=cfg["steps"], num_particles=cfg["particles"],
+                 lr=cfg["lr"], lr_final=cfg["lr"] / 40, jit=(name in JIT_GUIDES and loss != "renyi"),
+                 max_plate_nesting=1, seed=seed, description=f"SVI {name}")
+    mc = elbo_estimate(model.model, guide, num_samples=n_elbo, seed=seed + 1)
+    exact_value = exact_guide_elbo(model, name)
+    idata = guide_inference_data(model.model, guide, num_samples=n_draws, seed=seed + 2)
+    method = MethodResult(name, idata, seconds=result.seconds,
+                          extra={"steps": result.steps_done, "particles": cfg["particles"], "lr": cfg["lr"],
+                                 "elbo_mc": mc.value, "elbo_mc_se": mc.se, "final_loss": result.final_loss})
+    if exact_value is not None:
+        method.elbo, method.elbo_se = exact_value, 0.0
+        method.elbo_method = "closed form" if name == "gamma" else "quadrature"
+    else:
+        method.elbo, method.elbo_se, method.elbo_method = mc.value, mc.se, f"Monte Carlo (n={n_elbo})"
+    return method, result.history
+
+
+def figure_joint(exact: ExactPosterior, methods: list[MethodResult], n_points: int = 1500, n_grid: int = 200):
+    """Exact posterior contours with each method's draws overlaid, one panel per method."""
+    box = exact.grid_box(1e-4)
+    ug, vg = np.linspace(*box["u"], n_grid), np.linspace(*box["v"], n_grid)
+    U, V = np.meshgrid(ug, vg)
+    log_p = exact.log_density(U, V)
+    levels = log_p.max() + np.log([0.01, 0.05, 0.2, 0.5, 0.8])
+    cols = min(3, len(methods))
+    rows = int(np.ceil(len(methods) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.0 * rows), squeeze=False, sharex=True, sharey=True)
+    for ax, m in zip(axes.flat, methods, strict=False):
+        draws = m.flat_draws()
+        ax.scatter(draws["u"][:n_points], draws["v"][:n_points], s=3, alpha=0.35, color=COLORS.get(m.name, "k"))
+        ax.contour(U, V, log_p, levels=levels, colors="navy", linewidths=0.9, linestyles="solid", zorder=3)
+        kl = "" if m.elbo is None else f", KL = {exact.log_evidence - m.elbo:.4f}"
+        ax.set_title(f"{m.name}{kl}", fontsize=10)
+        ax.set_xlim(*box["u"])
+        ax.set_ylim(*box["v"])
+        ax.set_xlabel("u")
+        ax.set_ylabel("v")
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    fig.suptitle("Exact posterior p(u, v | x) (contours at 1, 5, 20, 50, 80% of the peak) and draws of each method")
+    fig.tight_layout()
+    return fig
+
+
+def figure_marginals(exact: ExactPosterior, methods: list[MethodResult]):
+    """Marginal densities of u and v: exact (quadrature) vs each method (ArviZ KDE of the draws)."""
+    import arviz as az
+
+    box = exact.grid_box(1e-4)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
+    for ax, name in zip(axes, ("u", "v"), strict=True):
+        grid = np.linspace(*box[name], 400)
+        ax.plot(grid, exact.pdf(name, grid), color="navy", lw=2.5, label="exact")
+        for m in methods:
+            az.plot_kde(m.flat_draws()[name], ax=ax, plot_kwargs={"color": COLORS.get(m.name, "k"), "linewidth": 1.3},
+                        label=m.name)
+        ax.set_xlabel(name)
+        ax.set_ylabel("density")
+        ax.set_title(f"Posterior marginal of {name}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def figure_losses(histories: dict[str, np.ndarray], log_evidence: float, loss: str):
+    fig, ax = plt.subplots(figsize=(7.5, 4.3))
+    for name, h in histories.items():
+        k = max(1, len(h) // 50)
+        smooth = np.convolve(h, np.ones(k) / k, mode="valid")
+        ax.plot(np.arange(len(smooth)) + k, smooth, color=COLORS.get(name, "k"), label=name)
+    ax.axhline(-log_evidence, color="navy", ls="--", lw=1, label="-log p(x)")
+    ax.set_ylim(-log_evidence - 0.2, -log_evidence + 3)
+    ax.set_xlabel("SVI step")
+    ax.set_ylabel(f"{loss} (moving average)")
+    ax.set_title("SVI loss per guide")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def run(model: PoissonGamma, folder: RunFolder, reporter: Reporter, config: dict) -> dict:
+    """Run the comparison described by ``config`` (the keys :func:`main` writes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread avoids the per-op threading overhead
+    try:
+        return _run(model, folder, reporter, config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(model: PoissonGamma, folder: RunFolder, reporter: Reporter, config: dict) -> dict:
+    exact = ExactPosterior(model)
+    q = cavi(model)
+    log_evidence = exact.log_evidence
+    reference = {k: (exact.mean[k], exact.sd[k]) for k in ("u", "v")}
+    methods: list[MethodResult] = []
+    histories = {}
+    (folder.path / "inference_data").mkdir(exist_ok=True)
+    for name in config["guides"]:
+        cfg = config["svi"][name]
+        method, history = fit_guide(model, name, config["loss"], config["alpha"], cfg, config["seed"],
+                                    config["elbo_samples"], config["draws"])
+        methods.append(method)
+        histories[name] = history
+        reporter.say(f"fitted {name:9s} in {method.seconds:5.2f} s ({cfg['steps']} steps x {cfg['particles']} "
+                     f"particles): ELBO {method.elbo:.5f} ({method.elbo_method}), "
+                     f"KL {log_evidence - method.elbo:.5f}")
+    if config["nuts"]:
+        n = config["nuts_settings"]
+        res = run_nuts(model.model, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"],
+                       num_chains=n["num_chains"], seed=config["seed"])
+        methods.append(MethodResult("nuts", mcmc_inference_data(res.mcmc), seconds=res.seconds))
+        reporter.say(f"NUTS: {n['num_chains']} chains x {n['num_samples']} draws in {res.seconds:.1f} s")
+
+    exact_row = MethodResult("exact", elbo=log_evidence, elbo_se=0.0, elbo_method="quadrature (log p(x))",
+                             moments=reference, corr=exact.corr)
+    cavi_row = MethodResult("cavi", elbo=q.elbo, elbo_se=0.0, elbo_method="closed form",
+                            moments={"u": (q.q_u.mean, q.q_u.sd), "v": (q.q_v.mean, q.q_v.sd)}, corr=0.0)
+    table = comparison_table([exact_row, cavi_row, *methods], reference, log_evidence, ("u", "v"))
+    table.insert(2, "ELBO method", [m.elbo_method for m in (exact_row, cavi_row, *methods)])
+    folder.write_table("comparison", table)
+    reporter.table(f"Posterior approximations vs the exact posterior ({model!r}, loss {config['loss']})",
+                   table.drop(columns=[c for c in table.columns if c.startswith("sd(") and "error" in c]))
+    for m in methods:
+        s = summary(m.idata, ["u", "v"])
+        folder.write_table(f"summary_{m.name}", s)
+        m.idata.to_netcdf(folder.path / "inference_data" / f"{m.name}.nc")
+        if m.name == "nuts":
+            reporter.table("az.summary of NUTS", s)
+    folder.save_figure(figure_joint(exact, methods), "posterior_joint")
+    folder.save_figure(figure_marginals(exact, methods), "posterior_marginals")
+    if histories:
+        folder.save_figure(figure_losses(histories, log_evidence, config["loss"]), "svi_loss")
+    if config["nuts"]:
+        import arviz as az
+
+        axes = az.plot_trace(methods[-1].idata, var_names=["u", "v"])
+        folder.save_figure(axes.ravel()[0].figure, "nuts_trace")
+
+    def row(m: MethodResult) -> dict:
+        ms = m.mean_sd()
+        return {"name": m.name, "elbo": m.elbo, "elbo_se": m.elbo_se,
+                "kl": None if m.elbo is None else log_evidence - m.elbo,
+                "u": {"mean": ms["u"][0], "sd": ms["u"][1]}, "v": {"mean": ms["v"][0], "sd": ms["v"][1]},
+                "corr": m.correlation(("u", "v")), "seconds": m.seconds, **({"details": m.extra} if m.extra else {})}
+
+    return {"log_evidence": log_evidence, "methods": [row(m) for m in methods],
+            "exact": row(exact_row), "cavi": row(cavi_row)}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("posterior", help="SVI with several guides and NUTS vs the exact posterior",
+                       description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_args(p)
+    g = p.add_argument_group("inference")
+    g.add_argument("--guides", nargs="+", default=list(GUIDES), metavar="NAME",
+                   help=f"guides to fit, from: {', '.join(GUIDES)}")
+    g.add_argument("--nuts", action="store_true", help="also run NUTS (the MCMC reference)")
+    g.add_argument("--loss", default="trace_elbo", help=f"SVI objective, from: {', '.join(SVI_LOSSES)}")
+    g.add_argument("--alpha", type=float, default=None, help="Renyi alpha for --loss renyi (default 0.5)")
+    g.add_argument("--steps", type=int, default=None,
+                   help="SVI steps per guide (default: 2000; 800 for the flow)")
+    g.add_argument("--particles", type=int, default=None,
+                   help="Monte Carlo samples per step, vectorized (default: 16; 128 for the flow)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="initial Adam learning rate, decayed 40x over the run (default: 0.02; 0.03 for the flow)")
+    g.add_argument("--draws", type=int, default=4000, help="posterior draws per guide for moments and ArviZ")
+    g.add_argument("--elbo-samples", type=int, default=100_000, help="Monte Carlo samples for the final ELBO")
+    g.add_argument("--nuts-samples", type=int, default=500, help="NUTS draws per chain")
+    g.add_argument("--nuts-warmup", type=int, default=300, help="NUTS warm-up steps per chain")
+    g.add_argument("--chains", type=int, default=4, help="NUTS chains")
+    add_run_args(p)
+    p.set_defaults(func=main)
+
+
+def default_args(*argv: str) -> argparse.Namespace:
+    """The command's options with their defaults (plus ``argv``), e.g. for :mod:`svilab.experiments.demo`."""
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["posterior", *argv])
+
+
+def config_from_args(args: argparse.Namespace, model: PoissonGamma) -> dict:
+    guides = [choice(g, list(GUIDES), "guide") for g in args.guides]
+    loss = loss_name(args.loss)
+    if loss not in SVI_LOSSES:
+        raise ValueError(f"loss {args.loss!r} is for the VAE; svilab posterior takes: {', '.join(SVI_LOSSES)}")
+    if loss == "renyi":
+        if min(settings(g, args.steps, args.particles, args.lr)["particles"] for g in guides) < 2:
+            raise ValueError("--loss renyi needs --particles >= 2")
+    return {"command": "posterior", "guides": guides, "loss": loss, "alpha": args.alpha, "seed": args.seed,
+            "svi": {g: settings(g, args.steps, args.particles, args.lr) for g in guides},
+            "draws": positive_int(args.draws, "--draws"),
+            "elbo_samples": positive_int(args.elbo_samples, "--elbo-samples"),
+            "nuts": bool(args.nuts),
+            "nuts_settings": {"num_samples": positive_int(args.nuts_samples, "--nuts-samples"),
+                              "warmup_steps": positive_int(args.nuts_warmup, "--nuts-warmup", minimum=0),
+                              "num_chains": positive_int(args.chains, "--chains")},
+            **model.config()}
+
+
+def main(args: argparse.Namespace) -> int:
+    model = model_from_args(args)
+    config = config_from_args(args, model)
+    reporter = Reporter(args.json)
+    folder = run_folder(args, "posterior")
+    folder.write_config(config)
+    t0 = time.perf_counter()
+    results = run(model, folder, reporter, config)
+    results["seconds"] = time.perf_counter() - t0
+    folder.write_results(results)
+    reporter.say(f"\nRun folder: {folder}")
+    reporter.emit_json(results)
+    return 0
+
+
+__all__ = ["LOSSES", "fit_guide", "register", "run"]
