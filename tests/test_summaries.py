@@ -108,7 +108,8 @@ def test_user_model_example_agrees_with_closed_form():
     # the closed-form evidence against quadrature of prior x likelihood (independent check)
     from scipy import integrate, stats
 
-    lik = lambda p: np.prod(stats.binom.pmf(ex.SUCCESSES.numpy(), ex.TRIALS.numpy(), p)) * stats.beta.pdf(p, 2, 2)
+    def lik(p):
+        return np.prod(stats.binom.pmf(ex.SUCCESSES.numpy(), ex.TRIALS.numpy(), p)) * stats.beta.pdf(p, 2, 2)
     assert log_evidence == pytest.approx(math.log(integrate.quad(lik, 0, 1, epsabs=0, epsrel=1e-12)[0]), abs=1e-9)
 
     table, idatas, exact = ex.compare(steps=1500, nuts_samples=300, nuts_chains=2, seed=0)

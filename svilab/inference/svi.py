@@ -170,7 +170,8 @@ def fit(model, guide, *args, loss="trace_elbo", optimizer: pyro.optim.PyroOptim 
                     prev_check = smooth
                     if calm >= patience:
                         stopped = True
-                        message = f"stopping rule: smoothed loss changed < {stop_tol:g} over {patience * check_every} steps"
+                        message = (f"stopping rule: smoothed loss changed < {stop_tol:g} "
+                                   f"over {patience * check_every} steps")
                         break
     finally:
         bar.close()
