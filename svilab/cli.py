@@ -10,7 +10,7 @@ import warnings
 
 def build_parser() -> argparse.ArgumentParser:
     from svilab import __version__
-    from svilab.experiments import demo, exact, gradients, posterior
+    from svilab.experiments import demo, exact, gradients, posterior, vae
 
     parser = argparse.ArgumentParser(
         prog="svilab",
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"svilab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (demo, exact, gradients, posterior):
+    for module in (demo, exact, gradients, posterior, vae):
         module.register(sub)
     return parser
 

@@ -68,7 +68,7 @@ def make_loss(name: str = "trace_elbo", *, num_particles: int = 1, vectorize_par
         if num_particles < 2:
             raise ValueError("renyi: needs num_particles >= 2 (with one sample it is the ELBO)")
         return infer.RenyiELBO(alpha=a, **kw)
-    from svilab.inference.jsd_elbo import GeometricJSD_ELBO
+    from svilab.inference.jsd_elbo import GeometricJSD_ELBO, JitGeometricJSD_ELBO
 
-    return GeometricJSD_ELBO(alpha=0.5 if alpha is None else alpha, dual=(name == "dgjs"), beta=beta,
-                             jit=jit, **kw)
+    cls = JitGeometricJSD_ELBO if jit else GeometricJSD_ELBO
+    return cls(alpha=0.5 if alpha is None else alpha, dual=(name == "dgjs"), beta=beta, **kw)

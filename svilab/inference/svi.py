@@ -77,7 +77,7 @@ def make_optimizer(lr: float = 0.01, lr_final: float | None = None, steps: int =
     return pyro.optim.ClippedAdam({"lr": lr, "lrd": lrd, "clip_norm": clip_norm})
 
 
-class _GuardedSVI(SVI):
+class GuardedSVI(SVI):
     """:class:`pyro.infer.SVI` whose step skips the update when the loss or a gradient is not finite."""
 
     def guarded_step(self, *args, **kwargs) -> tuple[float, bool]:
@@ -139,7 +139,7 @@ def fit(model, guide, *args, loss="trace_elbo", optimizer: pyro.optim.PyroOptim 
     if jit:  # create every parameter before the JIT traces the ELBO
         with poutine.block(), torch.no_grad():
             guide(*args, **kwargs)
-    svi = _GuardedSVI(model, guide, optim, loss_fn)
+    svi = GuardedSVI(model, guide, optim, loss_fn)
     if progress is None:
         progress = sys.stderr.isatty()
     history = np.empty(steps)

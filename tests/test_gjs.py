@@ -1,0 +1,181 @@
+"""The skew geometric Jensen-Shannon divergence and its Pyro ELBO, against numerical integration."""
+
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import TraceMeanField_ELBO
+from scipy import integrate, stats
+from torch.distributions import Gamma, Normal, kl_divergence
+
+from svilab.inference.divergences import geometric_js
+from svilab.inference.jsd_elbo import GeometricJSD_ELBO, JitGeometricJSD_ELBO
+from svilab.inference.losses import make_loss
+
+CASES = [(0.3, 0.7, -0.5, 1.2), (1.5, 0.4, 0.0, 1.0), (-2.0, 2.5, 1.0, 0.3)]
+
+
+def _numeric_gjs(mq, sq, mp, sp, alpha, dual):
+    """GJS by quadrature: G = q^a p^(1-a) / Z normalised numerically, KLs integrated numerically."""
+    q, p = stats.norm(mq, sq), stats.norm(mp, sp)
+    lo, hi = min(mq - 12 * sq, mp - 12 * sp), max(mq + 12 * sq, mp + 12 * sp)
+
+    def log_g_unnorm(z):
+        return alpha * q.logpdf(z) + (1 - alpha) * p.logpdf(z)
+
+    log_z = math.log(integrate.quad(lambda z: math.exp(log_g_unnorm(z)), lo, hi, epsabs=0, epsrel=1e-12,
+                                    limit=200)[0])
+
+    def kl(log_a, log_b):
+        return integrate.quad(lambda z: math.exp(log_a(z)) * (log_a(z) - log_b(z)), lo, hi, epsabs=1e-14,
+                              epsrel=1e-11, limit=200)[0]
+
+    log_g = lambda z: log_g_unnorm(z) - log_z  # noqa: E731
+    if dual:
+        return (1 - alpha) * kl(log_g, q.logpdf) + alpha * kl(log_g, p.logpdf)
+    return (1 - alpha) * kl(q.logpdf, log_g) + alpha * kl(p.logpdf, log_g)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("alpha", [0.0, 0.2, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("dual", [False, True])
+def test_closed_form_matches_numerical_integration(case, alpha, dual):
+    mq, sq, mp, sp = case
+    q = Normal(torch.tensor(mq, dtype=torch.float64), torch.tensor(sq, dtype=torch.float64))
+    p = Normal(torch.tensor(mp, dtype=torch.float64), torch.tensor(sp, dtype=torch.float64))
+    value = float(geometric_js(q, p, alpha, dual))
+    assert value == pytest.approx(_numeric_gjs(mq, sq, mp, sp, alpha, dual), rel=1e-7, abs=1e-10)
+
+
+def test_limits_and_symmetry():
+    g = torch.Generator().manual_seed(0)
+    q = Normal(torch.randn(4, 3, generator=g, dtype=torch.float64), torch.rand(4, 3, generator=g).double() + 0.2)
+    p = Normal(torch.randn(4, 3, generator=g, dtype=torch.float64), torch.rand(4, 3, generator=g).double() + 0.2)
+    kl_qp, kl_pq = kl_divergence(q, p), kl_divergence(p, q)
+    torch.testing.assert_close(geometric_js(q, p, 0.0), kl_qp)
+    torch.testing.assert_close(geometric_js(q, p, 1.0), kl_pq)
+    torch.testing.assert_close(geometric_js(q, p, 0.0, dual=True), kl_pq)
+    torch.testing.assert_close(geometric_js(q, p, 1.0, dual=True), kl_qp)
+    torch.testing.assert_close(geometric_js(q, p, 1e-7), kl_qp, rtol=1e-5, atol=1e-6)   # continuous at the ends
+    torch.testing.assert_close(geometric_js(q, p, 1 - 1e-7, dual=True), kl_qp, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(geometric_js(q, p, 0.5), geometric_js(p, q, 0.5))
+    torch.testing.assert_close(geometric_js(q, p, 0.5, dual=True), geometric_js(p, q, 0.5, dual=True))
+    assert (geometric_js(q, p, 0.3) > 0).all() and (geometric_js(q, q, 0.3).abs() < 1e-12).all()
+
+
+def test_shapes_follow_kl_divergence():
+    q = dist.Normal(torch.zeros(5, 3), torch.ones(5, 3)).to_event(1)
+    p = dist.Normal(torch.ones(5, 3), 2 * torch.ones(5, 3)).to_event(1)
+    assert geometric_js(q, p).shape == kl_divergence(q, p).shape == (5,)
+    assert geometric_js(q.base_dist, p.base_dist).shape == (5, 3)
+    torch.testing.assert_close(geometric_js(q, p, 0.4), geometric_js(q.base_dist, p.base_dist, 0.4).sum(-1))
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan"), "a"])
+def test_alpha_outside_unit_interval_is_an_error(alpha):
+    q = Normal(0.0, 1.0)
+    with pytest.raises(ValueError, match="alpha must be"):
+        geometric_js(q, q, alpha)
+    with pytest.raises(ValueError, match="alpha must be"):
+        make_loss("gjs", alpha=alpha)
+
+
+def test_non_normal_is_an_error():
+    with pytest.raises(ValueError, match="must be a \\(diagonal\\) Normal distribution, got Gamma"):
+        geometric_js(Gamma(2.0, 1.0), Normal(0.0, 1.0))
+
+
+# ----------------------------------------------------------------------------- the ELBO subclass
+X = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.3, -0.2]], dtype=torch.float64)
+W = torch.tensor([[1.0, 0.5], [-0.3, 0.8], [0.2, -1.1]], dtype=torch.float64)
+
+
+def model(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=x.dtype), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z @ W.T, 0.7).to_event(1), obs=x)
+
+
+def guide(x):
+    loc = pyro.param("loc", torch.tensor([[0.1, -0.2], [0.3, 0.4]], dtype=x.dtype))
+    scale = pyro.param("scale", torch.tensor([[0.5, 0.9], [1.2, 0.7]], dtype=x.dtype),
+                       constraint=dist.constraints.positive)
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+
+def _loss(elbo, seed=0):
+    pyro.set_rng_seed(seed)
+    return elbo.loss(model, guide, X)
+
+
+def test_alpha0_is_the_mean_field_elbo_and_alpha1_dual_too():
+    guide(X)
+    ref = _loss(TraceMeanField_ELBO(num_particles=5, vectorize_particles=True, max_plate_nesting=1))
+    for elbo in (GeometricJSD_ELBO(0.0, num_particles=5, vectorize_particles=True, max_plate_nesting=1),
+                 GeometricJSD_ELBO(1.0, dual=True, num_particles=5, vectorize_particles=True, max_plate_nesting=1)):
+        assert _loss(elbo) == pytest.approx(ref, rel=1e-12)
+
+
+def test_loss_equals_likelihood_minus_divergence_by_hand():
+    """The GJS loss against a direct computation: -(E log p(x|z) - beta * GJS) with the same z."""
+    guide(X)
+    elbo = GeometricJSD_ELBO(0.3, dual=True, beta=2.0, num_particles=1, max_plate_nesting=1)
+    pyro.set_rng_seed(4)
+    guide_trace = pyro.poutine.trace(guide).get_trace(X)
+    z = guide_trace.nodes["z"]["value"]
+    loc, scale = pyro.param("loc"), pyro.param("scale")
+    log_lik = dist.Normal(z @ W.T, 0.7).to_event(1).log_prob(X).sum()
+    div = geometric_js(dist.Normal(loc, scale).to_event(1), dist.Normal(torch.zeros(2, dtype=X.dtype), 1.0)
+                       .expand([2, 2]).to_event(1), 0.3, dual=True).sum()
+    pyro.set_rng_seed(4)
+    assert elbo.loss(model, guide, X) == pytest.approx(float(-(log_lik - 2.0 * div).detach()), rel=1e-12)
+
+
+def test_gradients_agree_with_finite_differences_of_the_loss():
+    """With the noise fixed by the seed the loss is a smooth function of the parameters."""
+    guide(X)
+    elbo = GeometricJSD_ELBO(0.6, num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+    pyro.set_rng_seed(1)
+    elbo.loss_and_grads(model, guide, X)
+    store = pyro.get_param_store()
+    loc_u = store._params["loc"]
+    scale_u = store._params["scale"]
+    grad = torch.cat([loc_u.grad.flatten(), scale_u.grad.flatten()])
+    direction = torch.tensor([0.3, -0.5, 0.2, 0.7, -0.1, 0.4, 0.6, -0.3], dtype=torch.float64)
+    h = 1e-6
+
+    def at(t):
+        with torch.no_grad():
+            loc_u.copy_(base_loc + t * direction[:4].view(2, 2))
+            scale_u.copy_(base_scale + t * direction[4:].view(2, 2))
+        return _loss(elbo, seed=1)
+
+    base_loc, base_scale = loc_u.detach().clone(), scale_u.detach().clone()
+    fd = (at(h) - at(-h)) / (2 * h)
+    assert fd == pytest.approx(float(grad @ direction), rel=1e-6)
+
+
+def test_jit_variant_gives_the_same_loss():
+    guide(X)
+    kw = {"num_particles": 4, "vectorize_particles": True, "max_plate_nesting": 1}
+    a = _loss(GeometricJSD_ELBO(0.5, **kw), seed=2)
+    b = _loss(JitGeometricJSD_ELBO(0.5, **kw), seed=2)
+    assert a == pytest.approx(b, rel=1e-10)
+
+
+def test_non_normal_latent_site_is_a_clear_error():
+    def gamma_model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("rate", dist.Gamma(torch.ones(3, dtype=x.dtype), 1.0).to_event(1))
+
+    def gamma_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("rate", dist.Gamma(torch.ones(3, dtype=x.dtype), 2.0).to_event(1))
+
+    with pytest.raises(ValueError, match="latent site 'rate': .*Normal distribution, got Gamma"):
+        GeometricJSD_ELBO(0.5, max_plate_nesting=1).loss(gamma_model, gamma_guide, X)
+    assert np.isfinite(_loss(make_loss("dgjs", alpha=0.5, max_plate_nesting=1)))
