@@ -56,7 +56,8 @@ def run_config(args: argparse.Namespace, loss: str, alpha: float | None) -> dict
     else:
         alpha = check_alpha(0.5 if alpha is None else alpha)
     return {"command": "vae train", "preset": args.preset, "vae": cfg.as_dict(), "loss": loss, "alpha": alpha,
-            "beta": args.beta, "epochs": positive_int(10 if args.epochs is None else args.epochs, "--epochs"), "seed": args.seed,
+            "beta": args.beta, "epochs": positive_int(10 if args.epochs is None else args.epochs, "--epochs"),
+            "seed": args.seed,
             "particles": positive_int(args.particles, "--particles"), "jit": bool(args.jit),
             "limit": None if args.limit is None else positive_int(args.limit, "--limit"),
             "validation": positive_int(args.validation, "--validation"),
@@ -196,7 +197,8 @@ def evaluate(vae: VAE, data: MNISTData, config: dict) -> dict:
     test_elbo, elbo_se = vae_eval.elbo(vae, data.test_x, samples=ev["elbo_samples"])
     ll, ll_se = vae_eval.iwae_log_likelihood(vae, x, k=ev["k"])
     return {"test_elbo": test_elbo, "test_elbo_se": elbo_se, "test_log_likelihood": ll, "test_log_likelihood_se": ll_se,
-            "iwae_k": ev["k"], "iwae_images": len(x), "reconstruction_error": vae_eval.reconstruction_error(vae, data.test_x),
+            "iwae_k": ev["k"], "iwae_images": len(x),
+            "reconstruction_error": vae_eval.reconstruction_error(vae, data.test_x),
             "active_units": vae_eval.active_units(vae, data.test_x), "eval_seconds": time.perf_counter() - t0}
 
 

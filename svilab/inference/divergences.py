@@ -12,9 +12,9 @@ and
 
 .. math::
 
-    \mathrm{GJS}_\alpha(q \,\|\, p) = (1-\alpha)\,\mathrm{KL}(q \,\|\, G_\alpha) + \alpha\,\mathrm{KL}(p \,\|\, G_\alpha),
+    \mathrm{GJS}_\alpha(q \| p) = (1-\alpha)\,\mathrm{KL}(q \| G_\alpha) + \alpha\,\mathrm{KL}(p \| G_\alpha),
     \qquad
-    \mathrm{GJS}^{*}_\alpha(q \,\|\, p) = (1-\alpha)\,\mathrm{KL}(G_\alpha \,\|\, q) + \alpha\,\mathrm{KL}(G_\alpha \,\|\, p)
+    \mathrm{GJS}^{*}_\alpha(q \| p) = (1-\alpha)\,\mathrm{KL}(G_\alpha \| q) + \alpha\,\mathrm{KL}(G_\alpha \| p)
 
 (the second is the dual form). Limits: :math:`G_0 = p`, :math:`G_1 = q`, so
 :math:`\mathrm{GJS}_0 = \mathrm{KL}(q\|p)`, :math:`\mathrm{GJS}_1 = \mathrm{KL}(p\|q)`,
