@@ -11,8 +11,9 @@ with a Bernoulli likelihood on binarized pixels (logits from the decoder) or a G
 fixed :math:`\sigma` on pixel intensities (the exercise notebook's choice). Encoder and decoder are
 MLPs with ReLU hidden layers; the encoder's scale goes through a sigmoid (notebook) or a softplus.
 
-Presets (:data:`PRESETS`): ``notebook`` (K=5, hidden 20-20, Gaussian sigma 0.1, sigmoid scale,
-batch 50, Adam 1e-3) and ``standard`` (K=50, hidden 400-400, Bernoulli on dynamically binarized
+Presets (:data:`PRESETS`): ``notebook`` (K=5, hidden 20-20, separate location and scale encoder
+networks as in the notebook, Gaussian sigma 0.1, sigmoid scale, batch 50, Adam 1e-3) and
+``standard`` (K=50, hidden 400-400 with one shared encoder, Bernoulli on dynamically binarized
 pixels, softplus scale, batch 100, Adam 1e-3).
 
 Shapes: ``model(x)`` and ``guide(x)`` take ``x`` of shape ``(B, 784)``; latent site ``"z"`` has
@@ -42,6 +43,7 @@ class VAEConfig:
     batch_size: int = 50
     lr: float = 1e-3
     binarize: bool = False                # dynamic binarization of the training pixels
+    shared_encoder: bool = False          # one MLP for (loc, scale); False: two MLPs (the notebook's)
 
     def validated(self) -> VAEConfig:
         positive_int(self.latent_dim, "latent_dim")
@@ -65,7 +67,7 @@ class VAEConfig:
 PRESETS: dict[str, VAEConfig] = {
     "notebook": VAEConfig(),
     "standard": VAEConfig(latent_dim=50, hidden=(400, 400), likelihood="bernoulli", encoder_scale="softplus",
-                          batch_size=100, lr=1e-3, binarize=True),
+                          batch_size=100, lr=1e-3, binarize=True, shared_encoder=True),
 }
 
 
@@ -85,6 +87,18 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class _TwoNetEncoder(nn.Module):
+    """Separate MLPs for the location and the (unconstrained) scale, as in the notebook."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__()
+        self.loc = _mlp(sizes)
+        self.scale = _mlp(sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.loc(x), self.scale(x)], dim=-1)
+
+
 class VAE(PyroModule):
     """The VAE; ``model``/``guide`` are the Pyro pair, ``encode``/``decode`` the networks."""
 
@@ -93,7 +107,8 @@ class VAE(PyroModule):
         self.config = config.validated()
         self.image_size = image_size
         k, hidden = config.latent_dim, list(config.hidden)
-        self.encoder = _mlp([image_size, *hidden, 2 * k])
+        self.encoder = (_mlp([image_size, *hidden, 2 * k]) if config.shared_encoder
+                        else _TwoNetEncoder([image_size, *hidden, k]))
         self.decoder = _mlp([k, *hidden[::-1], image_size])
 
     # ---------------------------------------------------------------- networks
