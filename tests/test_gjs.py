@@ -179,3 +179,12 @@ def test_non_normal_latent_site_is_a_clear_error():
     with pytest.raises(ValueError, match="latent site 'rate': .*Normal distribution, got Gamma"):
         GeometricJSD_ELBO(0.5, max_plate_nesting=1).loss(gamma_model, gamma_guide, X)
     assert np.isfinite(_loss(make_loss("dgjs", alpha=0.5, max_plate_nesting=1)))
+
+
+def test_plain_pyro_svi_accepts_the_objective():
+    guide(X)
+    elbo = GeometricJSD_ELBO(0.5, num_particles=2, vectorize_particles=True, max_plate_nesting=1)
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), elbo)
+    first = np.mean([svi.step(X) for _ in range(20)])
+    last = np.mean([svi.step(X) for _ in range(200)][-20:])
+    assert last < first
