@@ -27,7 +27,7 @@ from svilab.experiments.runs import RunFolder
 from svilab.inference import vae_eval
 from svilab.inference.divergences import check_alpha
 from svilab.inference.losses import make_loss
-from svilab.inference.svi import DivergenceError, FitResult
+from svilab.inference.svi import DivergenceError, FitResult, update_is_finite
 from svilab.models.vae import PRESETS, VAE, VAEConfig, count_parameters, preset
 from svilab.validation import choice, positive_int
 
@@ -98,12 +98,12 @@ class TrainStep:
     def __call__(self, x: torch.Tensor) -> tuple[float, bool]:
         loss = self.loss_fn.differentiable_loss(self.vae.model, self.vae.guide, x)
         loss.backward()
-        grads = [p.grad for p in self.params if p.grad is not None]
-        ok = bool(torch.isfinite(loss)) and bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        value = float(loss.detach())
+        ok = update_is_finite(value, self.params)
         if ok:
             self.optim.step()
         self.optim.zero_grad(set_to_none=True)
-        return float(loss.detach()), ok
+        return value, ok
 
 
 def _epoch_batches(n: int, batch: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Generator]:

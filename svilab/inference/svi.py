@@ -77,6 +77,14 @@ def make_optimizer(lr: float = 0.01, lr_final: float | None = None, steps: int =
     return pyro.optim.ClippedAdam({"lr": lr, "lrd": lrd, "clip_norm": clip_norm})
 
 
+def update_is_finite(loss: float, params) -> bool:
+    """True when ``loss`` and every gradient of ``params`` are finite (one reduction, one sync).
+
+    The check both :class:`GuardedSVI` and the VAE trainer make before applying an update."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return math.isfinite(loss) and (not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))))
+
+
 class GuardedSVI(SVI):
     """:class:`pyro.infer.SVI` whose step skips the update when the loss or a gradient is not finite."""
 
@@ -85,8 +93,7 @@ class GuardedSVI(SVI):
             loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
         params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
         loss = float(loss)
-        grads = [p.grad for p in params if p.grad is not None]
-        ok = math.isfinite(loss) and (not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()))
+        ok = update_is_finite(loss, params)
         if ok:
             self.optim(params)
         zero_grads(params)
