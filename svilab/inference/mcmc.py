@@ -12,11 +12,14 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyro
 from pyro.infer import MCMC, NUTS
 
+from svilab.inference.init import make_init
+from svilab.inference.sites import model_sites
 from svilab.validation import choice, positive_int
 
 
@@ -29,7 +32,8 @@ class NUTSResult:
 
 def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num_chains: int = 4,
              seed: int | None = 0, target_accept_prob: float = 0.8, jit_compile: bool = True, full_mass: bool = True,
-             chain_method: str = "sequential", progress: bool | None = None, **kwargs) -> NUTSResult:
+             chain_method: str = "sequential", progress: bool | None = None, init: str | Callable = "uniform",
+             max_plate_nesting: int | None = None, **kwargs) -> NUTSResult:
     """Sample the posterior of ``model(*args, **kwargs)`` with NUTS.
 
     :param num_samples: draws kept per chain; ``warmup_steps`` adaptation steps per chain before them.
@@ -39,7 +43,12 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
         step on small models).
     :param full_mass: adapt a dense mass matrix during warm-up; for correlated posteriors (the
         Poisson-Gamma posterior has corr(u, v) = -0.82) it more than doubles the ESS per draw.
-    :raises ValueError: num_samples < 1, num_chains < 1, warmup_steps < 0, unknown chain_method.
+    :param init: initial values, a name from :data:`svilab.inference.init.INIT_STRATEGIES` (default
+        ``uniform``: Uniform(-2, 2) on the unconstrained scale, as Stan) or a Pyro init strategy; none
+        of them samples a site, so improper priors (``dist.ImproperUniform``) work.
+    :param max_plate_nesting: the model's plate nesting (default: read off one sample-free trace,
+        :func:`svilab.inference.sites.model_sites`; Pyro's own guess would sample the model).
+    :raises ValueError: num_samples < 1, num_chains < 1, warmup_steps < 0, unknown chain_method or init.
     """
     num_samples = positive_int(num_samples, "num_samples")
     num_chains = positive_int(num_chains, "num_chains")
@@ -49,8 +58,12 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
         progress = sys.stderr.isatty()
     if seed is not None:
         pyro.set_rng_seed(seed)
+    init_strategy = make_init(init) if isinstance(init, str) else init
+    if max_plate_nesting is None:
+        max_plate_nesting = model_sites(model, *args, **kwargs).max_plate_nesting
     kernel = NUTS(model, target_accept_prob=target_accept_prob, jit_compile=jit_compile,
-                  ignore_jit_warnings=True, full_mass=full_mass)
+                  ignore_jit_warnings=True, full_mass=full_mass, init_strategy=init_strategy,
+                  max_plate_nesting=max_plate_nesting)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Chains will be drawn sequentially")
         mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
@@ -67,4 +80,5 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
         mcmc.run(*args, **kwargs)
     return NUTSResult(mcmc, time.perf_counter() - t0,
                       {"num_samples": num_samples, "warmup_steps": warmup_steps, "num_chains": num_chains,
-                       "seed": seed, "target_accept_prob": target_accept_prob, "chain_method": chain_method})
+                       "seed": seed, "target_accept_prob": target_accept_prob, "chain_method": chain_method,
+                       "init": init if isinstance(init, str) else getattr(init, "__name__", repr(init))})

@@ -1,0 +1,197 @@
+r"""Posterior draws of any Pyro model, vectorized: from a guide, or replayed from MCMC samples.
+
+Both functions evaluate the model on a whole batch of draws at once, inside a particle plate at
+``dim = -(max_plate_nesting + 1)`` (outside every plate of the model, see
+:mod:`svilab.inference.sites`), in chunks of ``chunk`` draws so memory stays bounded:
+
+* :func:`guide_draws`: :math:`z_s \sim q` through Pyro's
+  :func:`~pyro.infer.importance.vectorized_importance_weights`, which also gives the importance
+  log-weights :math:`\log w_s = \log p(x, z_s) - \log q(z_s)` (for the ELBO and Pareto-:math:`\hat k`).
+* :func:`replay_draws`: given draws (e.g. NUTS samples), the model conditioned on them.
+
+Each returns a :class:`Draws`: for every latent and deterministic site an array of shape
+``(S, *site_shape)`` and for every observed site the pointwise log-likelihood
+:math:`\log p(x_i \mid z_s)`, shape ``(S, *batch_shape)``. A vector latent drawn under the
+particle plate has shape ``(S, 1, ..., 1, *site_shape)``; it is reshaped with the site's own
+shape from the prototype trace (Pyro's ``Predictive`` loses a vector site's event dims here and
+then fails to broadcast it against the data).
+
+The model must broadcast over extra batch dims on the left of its latent values (Pyro's rule for
+``vectorize_particles=True``: write ``(X * beta).sum(-1)``, not ``X @ beta``); otherwise the
+error says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer.importance import vectorized_importance_weights
+
+from svilab.inference.sites import ModelSites, model_sites
+from svilab.validation import positive_int
+
+#: draws evaluated together (bounds memory: a chunk holds chunk x (latent + observed) values)
+DEFAULT_CHUNK = 4096
+
+
+@dataclass
+class Draws:
+    """Draws of a posterior approximation (numpy, float64, leading dim = draws)."""
+
+    latent: dict[str, np.ndarray]
+    deterministic: dict[str, np.ndarray] = field(default_factory=dict)
+    log_likelihood: dict[str, np.ndarray] = field(default_factory=dict)
+    log_weights: np.ndarray | None = None
+
+    @property
+    def num_draws(self) -> int:
+        return len(next(iter(self.latent.values())))
+
+    @property
+    def posterior(self) -> dict[str, np.ndarray]:
+        """Latent and deterministic sites together."""
+        return {**self.latent, **self.deterministic}
+
+
+class VectorizationError(ValueError):
+    """The model cannot be evaluated on a batch of draws."""
+
+
+def _strip(value: torch.Tensor, n: int, shape: tuple[int, ...], name: str) -> torch.Tensor:
+    """``(n, 1, ..., 1, *shape)`` (possibly broadcast) -> ``(n, *shape)``."""
+    extra = value.dim() - 1 - len(shape)
+    if value.dim() == 0 or value.shape[0] != n and n != 1 or extra < 0 or any(d != 1 for d in value.shape[1:1 + extra]):
+        raise VectorizationError(f"site {name!r}: got shape {tuple(value.shape)} for {n} draws of a site of shape "
+                                 f"{tuple(shape)}")
+    value = value.reshape((value.shape[0],) + tuple(value.shape[1 + extra:]))
+    return value.expand((n,) + tuple(shape))
+
+
+def _vectorization_error(exc: Exception, n: int, nesting: int) -> VectorizationError:
+    return VectorizationError(
+        f"the model could not be evaluated on {n} draws at once (a particle plate at dim {-(nesting + 1)}): "
+        "write it so that latent values may carry extra batch dims on the left, e.g. (X * beta).sum(-1) "
+        f"instead of X @ beta, and put data-sized sites in pyro.plate; the error was: {exc}")
+
+
+def _collect(model_trace, sites: ModelSites, n: int, out: dict[str, dict[str, list]], keep: int | None = None,
+             latent: bool = False) -> None:
+    """Append the first ``keep`` of ``n`` draws of each site of ``model_trace`` to ``out[group][site]``."""
+    keep = n if keep is None else keep
+    groups = [("deterministic", name, model_trace.nodes[name]["value"], sites.deterministic[name])
+              for name in sites.deterministic]
+    if latent:
+        groups += [("latent", name, model_trace.nodes[name]["value"], s.shape) for name, s in sites.latent.items()]
+    for name, obs in sites.observed.items():
+        site = model_trace.nodes[name]
+        lp = site["log_prob"] if "log_prob" in site else site["fn"].log_prob(site["value"])
+        groups.append(("log_likelihood", name, lp, obs.shape[:obs.dim() - len(site["fn"].event_shape)]))
+    for group, name, value, shape in groups:
+        out[group].setdefault(name, []).append(_strip(value, n, tuple(shape), name)[:keep])
+
+
+def _numpy(parts: dict[str, list]) -> dict[str, np.ndarray]:
+    return {k: torch.cat(v).detach().to(torch.float64).cpu().numpy() for k, v in parts.items()}
+
+
+def _chunks(total: int, chunk: int):
+    start = 0
+    while start < total:
+        n = min(chunk, total - start)
+        yield start, n
+        start += n
+
+
+def guide_draws(model, guide, *args, num_samples: int = 4000, chunk: int = DEFAULT_CHUNK, seed: int | None = None,
+                sites: ModelSites | None = None, keep: bool = True, **kwargs) -> Draws:
+    """``num_samples`` draws from ``guide`` with the model's deterministic sites, pointwise
+    log-likelihood and the importance log-weights (see the module docstring).
+
+    :param keep: False keeps only the log-weights (``latent`` etc. empty), for large ELBO samples.
+    """
+    num_samples = positive_int(num_samples, "num_samples")
+    chunk = max(2, positive_int(chunk, "chunk"))
+    sites = sites or model_sites(model, *args, **kwargs)
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    out = {"latent": {}, "deterministic": {}, "log_likelihood": {}}
+    log_w = []
+    with torch.no_grad():
+        for _, n in _chunks(num_samples, chunk):
+            m = max(n, 2)  # Pyro returns a scalar weight for a single draw
+            try:
+                w, model_trace, guide_trace = vectorized_importance_weights(
+                    model, guide, *args, num_samples=m, max_plate_nesting=sites.max_plate_nesting, **kwargs)
+            except VectorizationError:
+                raise
+            except (RuntimeError, ValueError, IndexError) as exc:
+                raise _vectorization_error(exc, m, sites.max_plate_nesting) from exc
+            log_w.append(w[:n].detach().double())
+            if keep:
+                _collect(model_trace, sites, m, out, keep=n, latent=True)
+    return Draws(_numpy(out["latent"]), _numpy(out["deterministic"]), _numpy(out["log_likelihood"]),
+                 torch.cat(log_w).numpy())
+
+
+def replay_draws(model, samples: Mapping[str, np.ndarray | torch.Tensor], *args, chunk: int = DEFAULT_CHUNK,
+                 sites: ModelSites | None = None, **kwargs) -> Draws:
+    """The model conditioned on given latent draws (``{site: (S, *site_shape)}``, e.g. NUTS samples):
+    their deterministic sites and pointwise log-likelihood."""
+    sites = sites or model_sites(model, *args, **kwargs)
+    missing = set(sites.latent) - set(samples)
+    if missing:
+        raise ValueError(f"draws are missing latent sites {sorted(missing)}")
+    nesting = sites.max_plate_nesting
+    tensors = {k: torch.as_tensor(np.asarray(samples[k])) for k in sites.latent}
+    total = len(next(iter(tensors.values())))
+    out = {"latent": {}, "deterministic": {}, "log_likelihood": {}}
+    with torch.no_grad():
+        for start, n in _chunks(total, chunk):
+            data = {}
+            for name, s in sites.latent.items():
+                v = tensors[name][start:start + n].to(s.dtype)
+                pad = max(nesting - len(s.batch_shape), 0)
+                data[name] = v.reshape((n,) + (1,) * pad + tuple(s.shape))
+            try:
+                with pyro.plate("_draws", n, dim=-(nesting + 1)):
+                    trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+                trace.compute_log_prob(site_filter=lambda name, site: name in sites.observed)
+                _collect(trace, sites, n, out)
+            except VectorizationError:
+                raise
+            except (RuntimeError, ValueError, IndexError) as exc:
+                raise _vectorization_error(exc, n, nesting) from exc
+    latent = {k: v.detach().to(torch.float64).numpy() for k, v in tensors.items()}
+    return Draws(latent, _numpy(out["deterministic"]), _numpy(out["log_likelihood"]))
+
+
+def importance_log_weights(model, guide, *args, num_samples: int = 10_000, chunk: int = 50_000,
+                           seed: int | None = None, sites: ModelSites | None = None, **kwargs) -> torch.Tensor:
+    r""":math:`\log p(x, z_s) - \log q(z_s)`, :math:`z_s \sim q`, ``(num_samples,)`` float64, in chunks."""
+    d = guide_draws(model, guide, *args, num_samples=num_samples, chunk=chunk, seed=seed, sites=sites, keep=False,
+                    **kwargs)
+    return torch.as_tensor(d.log_weights)
+
+
+def flat_draws(arrays: Mapping[str, np.ndarray], one_based: bool = True) -> dict[str, np.ndarray]:
+    """Every scalar of every site as its own ``(S,)`` array, named the way Stan and posteriordb
+    name them: ``beta[1]``, ``L[2,1]`` (1-based, row-major; 0-based with ``one_based=False``)."""
+    out = {}
+    for name, arr in arrays.items():
+        arr = np.asarray(arr)
+        shape = arr.shape[1:]
+        flat = arr.reshape(arr.shape[0], -1)
+        if not shape:
+            out[name] = flat[:, 0]
+            continue
+        for j, idx in enumerate(np.ndindex(*shape)):
+            out[f"{name}[{','.join(str(i + one_based) for i in idx)}]"] = flat[:, j]
+    return out
+
+
+__all__ = ["Draws", "VectorizationError", "flat_draws", "guide_draws", "importance_log_weights", "replay_draws"]
