@@ -6,7 +6,6 @@ from pathlib import Path
 
 import arviz as az
 import numpy as np
-import pyro
 import pytest
 import torch
 
@@ -38,9 +37,10 @@ def nuts_idata(pg):
 def test_guide_inference_data_layout_and_log_likelihood(pg, nuts_idata):
     guide = make_guide("gamma", pg.model)
     fit(pg.model, guide, steps=300, num_particles=8, lr=0.05, seed=0)
-    idata = guide_inference_data(pg.model, guide, num_samples=2000, chains=4, seed=3)
+    idata = guide_inference_data(pg.model, guide, num_samples=2000, seed=3)
     assert {"posterior", "log_likelihood", "observed_data"} <= set(idata.groups())
-    assert idata.posterior["u"].shape == (4, 500)
+    assert idata.posterior["u"].shape == (1, 2000)  # independent draws: one chain, labelled as such
+    assert idata.posterior.attrs["method"].startswith("variational draws")
     # the same variable names and dims as az.from_pyro gives for MCMC
     mcmc = nuts_idata[1]
     assert set(idata.posterior.data_vars) == set(mcmc.posterior.data_vars) == {"u", "v"}
@@ -61,14 +61,14 @@ def test_guide_draws_match_the_fitted_distribution(pg):
     guide = make_guide("gamma", pg.model)
     fit(pg.model, guide, steps=100, num_particles=4, lr=0.05, seed=0)
     idata = guide_inference_data(pg.model, guide, num_samples=8000, seed=5)
-    store = pyro.get_param_store()
-    a, m = store["gamma.u.concentration"].item(), store["gamma.u.mean"].item()
+    q_u = guide.factors()["u"]
+    a, m = q_u.concentration.item(), q_u.mean.item()
     draws = idata.posterior["u"].values.ravel()
     sd = m / math.sqrt(a)
     assert abs(draws.mean() - m) < 4 * sd / math.sqrt(draws.size)
     assert draws.std() == pytest.approx(sd, rel=0.05)
     s = summary(idata, ["u"])
-    assert s.loc["u", "mean"] == pytest.approx(draws.mean()) and s.loc["u", "r_hat"] < 1.01
+    assert s.loc["u", "mean"] == pytest.approx(draws.mean())
 
 
 def test_nuts_against_exact_posterior(pg, nuts_idata):

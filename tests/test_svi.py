@@ -31,10 +31,17 @@ def exact(pg):
     return ExactPosterior(pg)
 
 
-def _gamma_factors():
-    store = pyro.get_param_store()
-    return [GammaFactor(store[f"gamma.{s}.concentration"].item(),
-                        (store[f"gamma.{s}.concentration"] / store[f"gamma.{s}.mean"]).item()) for s in "uv"]
+def _gamma_factors(guide):
+    f = guide.factors()
+    return [GammaFactor(f[s].concentration.item(), f[s].rate.item()) for s in "uv"]
+
+
+def _set_params(guide, values):
+    """Set a mean-field guide's parameters (``{(field, site): value}``) through the guide itself."""
+    guide()
+    with torch.no_grad():
+        for (name, site), value in values.items():
+            setattr(getattr(guide, name), site, torch.tensor(value, dtype=torch.float64))
 
 
 def test_gamma_guide_reaches_the_cavi_optimum(pg):
@@ -42,7 +49,7 @@ def test_gamma_guide_reaches_the_cavi_optimum(pg):
     q = cavi(pg)
     guide = MeanFieldGamma(pg.model)
     fit(pg.model, guide, steps=2000, num_particles=16, lr=0.02, lr_final=0.0005, jit=True, seed=0)
-    q_u, q_v = _gamma_factors()
+    q_u, q_v = _gamma_factors(guide)
     gap = q.elbo - gamma_elbo(pg, q_u, q_v)
     assert 0 <= gap < 0.005  # CAVI is the optimum: SVI cannot beat it, and gets within 0.005 nats
     assert q_u.mean == pytest.approx(q.q_u.mean, rel=0.02)
@@ -53,21 +60,17 @@ def test_gamma_guide_reaches_the_cavi_optimum(pg):
 def test_mc_elbo_matches_closed_form_and_quadrature(pg):
     """elbo_estimate (vectorized MC over Pyro traces) vs independent closed form / quadrature."""
     guide = MeanFieldGamma(pg.model)
-    guide()
-    store = pyro.get_param_store()
-    store["gamma.u.concentration"] = torch.tensor(30.0, dtype=torch.float64)
-    store["gamma.u.mean"] = torch.tensor(4.5, dtype=torch.float64)
-    store["gamma.v.concentration"] = torch.tensor(20.0, dtype=torch.float64)
-    store["gamma.v.mean"] = torch.tensor(0.9, dtype=torch.float64)
+    _set_params(guide, {("concentration", "u"): 30.0, ("mean", "u"): 4.5, ("concentration", "v"): 20.0,
+                        ("mean", "v"): 0.9})
+    f = guide.factors()
+    assert (f["u"].concentration.item(), f["u"].mean.item(), f["v"].rate.item()) == pytest.approx((30.0, 4.5, 20 / 0.9))
     est = elbo_estimate(pg.model, guide, num_samples=200_000, seed=1)
     closed = gamma_elbo(pg, GammaFactor(30.0, 30 / 4.5), GammaFactor(20.0, 20 / 0.9))
     assert abs(est.value - closed) < 4 * est.se and est.se < 0.01
 
     pyro.clear_param_store()
     normal = MeanFieldPositiveNormal(pg.model)
-    normal()
-    for k, v in {"normal.u.loc": 4.0, "normal.u.scale": 1.5, "normal.v.loc": 0.8, "normal.v.scale": 0.4}.items():
-        store[k] = torch.tensor(v, dtype=torch.float64)
+    _set_params(normal, {("loc", "u"): 4.0, ("scale", "u"): 1.5, ("loc", "v"): 0.8, ("scale", "v"): 0.4})
     est = elbo_estimate(pg.model, normal, num_samples=200_000, seed=2)
     quad = float(exact_elbo(Target.from_poisson_gamma(pg), "normal", [4.0, 1.5, 0.8, 0.4]))
     assert abs(est.value - quad) < 4 * est.se
@@ -93,8 +96,8 @@ def test_notebook_normal_guide_fit_matches_its_quadrature_elbo(pg, exact):
     """The truncated-Normal guide: SVI's final loss agrees with the exact ELBO at its parameters."""
     guide = make_guide("normal", pg.model)
     result = fit(pg.model, guide, steps=1500, num_particles=16, lr=0.02, lr_final=0.0005, jit=True, seed=3)
-    store = pyro.get_param_store()
-    params = [store[f"normal.{s}.{p}"].item() for s in "uv" for p in ("loc", "scale")]
+    f = guide.factors()
+    params = [getattr(f[s], p).item() for s in "uv" for p in ("loc", "scale")]
     quad = float(exact_elbo(Target.from_poisson_gamma(pg), "normal", params))
     assert exact.log_evidence - quad == pytest.approx(0.888, abs=0.01)  # mean-field: ~CAVI's 0.873
     tail = result.history[-150:]

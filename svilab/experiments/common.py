@@ -11,21 +11,41 @@ from svilab.experiments.runs import RunFolder, dumps, markdown
 from svilab.models.poisson_gamma import DEFAULT_DATA, DEFAULT_PRIOR_U, DEFAULT_PRIOR_V, PoissonGamma
 from svilab.validation import parse_floats
 
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("Poisson-Gamma model")
-    g.add_argument("--data", default=",".join(map(str, DEFAULT_DATA)),
-                   help="comma-separated counts x_i (default: the notebook's %(default)s)")
-    g.add_argument("--prior-u", default="{:g},{:g}".format(*DEFAULT_PRIOR_U), metavar="A,B",
-                   help="Gamma(shape A, rate B) prior of u (default %(default)s)")
-    g.add_argument("--prior-v", default="{:g},{:g}".format(*DEFAULT_PRIOR_V), metavar="A,B",
-                   help="Gamma(shape A, rate B) prior of v (default %(default)s)")
+_DEFAULT_DATA = ",".join(map(str, DEFAULT_DATA))
+_DEFAULT_PRIOR_U = "{:g},{:g}".format(*DEFAULT_PRIOR_U)
+_DEFAULT_PRIOR_V = "{:g},{:g}".format(*DEFAULT_PRIOR_V)
 
 
-def model_from_args(args: argparse.Namespace) -> PoissonGamma:
-    data = parse_floats(args.data, "--data")
-    return PoissonGamma(data, parse_floats(args.prior_u, "--prior-u", 2),
-                        parse_floats(args.prior_v, "--prior-v", 2))
+def add_model_args(p: argparse.ArgumentParser, user_model: bool = False) -> None:
+    """The Poisson-Gamma options; with ``user_model`` also ``--model FILE.py[:FUNC]`` (then ``--data``
+    is the model's JSON data file)."""
+    g = p.add_argument_group("model")
+    if user_model:
+        g.add_argument("--model", default=None, metavar="FILE.py[:FUNC]",
+                       help="your own Pyro model: FUNC (default 'model') in FILE.py, called with the data dict "
+                            "read from --data (default: the built-in Poisson-Gamma model)")
+    g.add_argument("--data", default=None,
+                   help=f"Poisson-Gamma: comma-separated counts x_i (default: the notebook's {_DEFAULT_DATA})"
+                        + ("; with --model: the JSON data file (posteriordb/Stan layout)" if user_model else ""))
+    g.add_argument("--prior-u", default=None, metavar="A,B",
+                   help=f"Poisson-Gamma: Gamma(shape A, rate B) prior of u (default {_DEFAULT_PRIOR_U})")
+    g.add_argument("--prior-v", default=None, metavar="A,B",
+                   help=f"Poisson-Gamma: Gamma(shape A, rate B) prior of v (default {_DEFAULT_PRIOR_V})")
+
+
+def model_from_args(args: argparse.Namespace):
+    """The Poisson-Gamma model of the options, or the user's model (:class:`svilab.models.user.UserModel`)
+    when ``--model`` is given."""
+    if getattr(args, "model", None):
+        from svilab.models.user import load_user_model
+
+        given = [o for o, v in (("--prior-u", args.prior_u), ("--prior-v", args.prior_v)) if v is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} apply to the Poisson-Gamma model only, not to --model")
+        return load_user_model(args.model, args.data)
+    data = parse_floats(_DEFAULT_DATA if args.data is None else args.data, "--data")
+    return PoissonGamma(data, parse_floats(args.prior_u or _DEFAULT_PRIOR_U, "--prior-u", 2),
+                        parse_floats(args.prior_v or _DEFAULT_PRIOR_V, "--prior-v", 2))
 
 
 def add_run_args(p: argparse.ArgumentParser, seed: bool = True) -> None:

@@ -10,21 +10,26 @@ guide draws, an ArviZ InferenceData and ``az.summary``. Writes the comparison ta
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import torch
 
 from svilab.experiments.common import Reporter, add_model_args, add_run_args, model_from_args, run_folder
+from svilab.experiments.posterior_user import DEFAULT_GUIDES, USER_SVI, check_user_model, parameter_names, run_user
 from svilab.experiments.runs import RunFolder
-from svilab.guides import GUIDES, JIT_GUIDES, make_guide
+from svilab.guides import GUIDES, JIT_GUIDES, PositiveNormal, guide_name, make_guide
 from svilab.inference.cavi import GammaFactor, cavi
 from svilab.inference.cavi import elbo as gamma_elbo
 from svilab.inference.exact import ExactPosterior
+from svilab.inference.init import INIT_STRATEGIES
 from svilab.inference.losses import LOSSES, loss_name
 from svilab.inference.mcmc import run_nuts
+from svilab.inference.reference import read_reference
 from svilab.inference.summaries import (
     MethodResult,
     comparison_table,
@@ -35,6 +40,7 @@ from svilab.inference.summaries import (
 )
 from svilab.inference.svi import fit
 from svilab.models.poisson_gamma import PoissonGamma
+from svilab.models.user import UserModel, float64_default
 from svilab.validation import choice, positive, positive_int
 
 #: SVI settings per guide (the flow's steps cost ~5x more, so it takes fewer, larger-batch steps)
@@ -47,35 +53,41 @@ COLORS = {"normal": "tab:orange", "lognormal": "tab:green", "gamma": "tab:red", 
           "flow": "tab:brown", "nuts": "tab:gray", "cavi": "tab:pink"}
 
 
-def settings(guide: str, steps: int | None, particles: int | None, lr: float | None) -> dict:
-    base = GUIDE_DEFAULTS.get(guide, GUIDE_DEFAULTS["default"])
+def settings(guide: str, steps: int | None, particles: int | None, lr: float | None,
+             defaults: dict | None = None) -> dict:
+    defaults = GUIDE_DEFAULTS if defaults is None else defaults
+    base = defaults.get(guide, defaults["default"])
     return {"steps": base["steps"] if steps is None else positive_int(steps, "--steps"),
             "particles": base["particles"] if particles is None else positive_int(particles, "--particles"),
             "lr": base["lr"] if lr is None else positive(lr, "--lr")}
 
 
-def exact_guide_elbo(model: PoissonGamma, name: str) -> float | None:
-    """The ELBO of the fitted hand-written guide without Monte Carlo: closed form (Gamma) or
-    2-D quadrature (truncated Normal). None for the autoguides."""
-    store = pyro.get_param_store()
-    if name == "gamma":
-        q = [GammaFactor(store[f"gamma.{s}.concentration"].item(),
-                         (store[f"gamma.{s}.concentration"] / store[f"gamma.{s}.mean"]).item()) for s in "uv"]
-        return gamma_elbo(model, *q)
-    if name == "normal":
+def exact_guide_elbo(model: PoissonGamma, guide) -> tuple[float, str] | None:
+    """The ELBO of a fitted guide without Monte Carlo, from its ``factors()``: closed form when every
+    factor is a Gamma (the CAVI family), 2-D quadrature when every factor is a truncated Normal.
+    None for other guides (no ``factors``, or other families)."""
+    if not hasattr(guide, "factors"):
+        return None
+    f = guide.factors()
+    if set(f) != {"u", "v"}:
+        return None
+    if all(isinstance(f[s], dist.Gamma) for s in "uv"):
+        q = [GammaFactor(f[s].concentration.item(), f[s].rate.item()) for s in "uv"]
+        return gamma_elbo(model, *q), "closed form"
+    if all(isinstance(f[s], PositiveNormal) for s in "uv"):
         from svilab.inference.estimators.base import Target
         from svilab.inference.exact_elbo import exact_elbo
 
-        params = [store[f"normal.{s}.{p}"].item() for s in "uv" for p in ("loc", "scale")]
-        return float(exact_elbo(Target.from_poisson_gamma(model), "normal", params))
+        params = [getattr(f[s], p).item() for s in "uv" for p in ("loc", "scale")]
+        return float(exact_elbo(Target.from_poisson_gamma(model), "normal", params)), "quadrature"
     return None
 
 
 def fit_guide(model: PoissonGamma, name: str, loss: str, alpha: float | None, cfg: dict, seed: int,
-              n_elbo: int, n_draws: int) -> tuple[MethodResult, np.ndarray]:
+              n_elbo: int, n_draws: int, init: str | None = None) -> tuple[MethodResult, np.ndarray]:
     """Fit guide ``name`` and evaluate it; returns the method row and the loss history."""
     pyro.clear_param_store()
-    guide = make_guide(name, model.model)
+    guide = make_guide(name, model.model, init=init)
     jit = name in JIT_GUIDES and loss != "renyi"
     threads = torch.get_num_threads()
     if jit:  # compiled small-tensor steps: one thread avoids the threading overhead (the flow gains from two)
@@ -87,14 +99,13 @@ def fit_guide(model: PoissonGamma, name: str, loss: str, alpha: float | None, cf
     finally:
         torch.set_num_threads(threads)
     mc = elbo_estimate(model.model, guide, num_samples=n_elbo, seed=seed + 1)
-    exact_value = exact_guide_elbo(model, name)
+    exact_value = exact_guide_elbo(model, guide)
     idata = guide_inference_data(model.model, guide, num_samples=n_draws, seed=seed + 2)
     method = MethodResult(name, idata, seconds=result.seconds,
                           extra={"steps": result.steps_done, "particles": cfg["particles"], "lr": cfg["lr"],
                                  "elbo_mc": mc.value, "elbo_mc_se": mc.se, "final_loss": result.final_loss})
     if exact_value is not None:
-        method.elbo, method.elbo_se = exact_value, 0.0
-        method.elbo_method = "closed form" if name == "gamma" else "quadrature"
+        method.elbo, method.elbo_se, method.elbo_method = exact_value[0], 0.0, exact_value[1]
     else:
         method.elbo, method.elbo_se, method.elbo_method = mc.value, mc.se, f"Monte Carlo (n={n_elbo})"
     return method, result.history
@@ -175,7 +186,7 @@ def run(model: PoissonGamma, folder: RunFolder, reporter: Reporter, config: dict
     for name in config["guides"]:
         cfg = config["svi"][name]
         method, history = fit_guide(model, name, config["loss"], config["alpha"], cfg, config["seed"],
-                                    config["elbo_samples"], config["draws"])
+                                    config["elbo_samples"], config["draws"], config.get("init"))
         methods.append(method)
         histories[name] = history
         reporter.say(f"fitted {name:9s} in {method.seconds:5.2f} s ({cfg['steps']} steps x {cfg['particles']} "
@@ -184,8 +195,8 @@ def run(model: PoissonGamma, folder: RunFolder, reporter: Reporter, config: dict
     if config["nuts"]:
         n = config["nuts_settings"]
         res = run_nuts(model.model, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"],
-                       num_chains=n["num_chains"], seed=config["seed"])
-        methods.append(MethodResult("nuts", mcmc_inference_data(res.mcmc), seconds=res.seconds))
+                       num_chains=n["num_chains"], seed=config["seed"], init=config.get("init") or "uniform")
+        methods.append(MethodResult("nuts", mcmc_inference_data(res), seconds=res.seconds))
         reporter.say(f"NUTS: {n['num_chains']} chains x {n['num_samples']} draws in {res.seconds:.1f} s")
 
     exact_row = MethodResult("exact", elbo=log_evidence, elbo_se=0.0, elbo_method="quadrature (log p(x))",
@@ -227,19 +238,32 @@ def run(model: PoissonGamma, folder: RunFolder, reporter: Reporter, config: dict
 def register(sub) -> None:
     p = sub.add_parser("posterior", help="SVI with several guides and NUTS vs the exact posterior",
                        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_model_args(p)
+    add_model_args(p, user_model=True)
+    p.add_argument("--reference", default=None, metavar="DRAWS.json",
+                   help="with --model: reference posterior draws ({\"name[i]\": [values]} with Stan's 1-based "
+                        "indices, or posteriordb's {\"draws\": {...}}) to compare every method with")
     g = p.add_argument_group("inference")
-    g.add_argument("--guides", nargs="+", default=list(GUIDES), metavar="NAME",
-                   help=f"guides to fit, from: {', '.join(GUIDES)}")
+    g.add_argument("--guides", nargs="+", default=None, metavar="NAME",
+                   help=f"guides to fit, from: {', '.join(GUIDES)} (default: all for the Poisson-Gamma model; "
+                        f"{' '.join(DEFAULT_GUIDES)} for --model)")
+    g.add_argument("--init", default=None, metavar="NAME",
+                   help=f"initial values for guides and NUTS, from: {', '.join(INIT_STRATEGIES)} (default: uniform, "
+                        "Stan's Uniform(-2, 2) on the unconstrained scale, for --model; each guide's own for the "
+                        "Poisson-Gamma model)")
+    g.add_argument("--max-error", type=float, default=0.5,
+                   help="with --reference: warn when a mean is more than this many reference sds off")
     g.add_argument("--nuts", action="store_true", help="also run NUTS (the MCMC reference)")
     g.add_argument("--loss", default="trace_elbo", help=f"SVI objective, from: {', '.join(SVI_LOSSES)}")
     g.add_argument("--alpha", type=float, default=None, help="Renyi alpha for --loss renyi (default 0.5)")
     g.add_argument("--steps", type=int, default=None,
-                   help="SVI steps per guide (default: 2000; 800 for the flow)")
+                   help="SVI steps per guide (default: 2000, 800 for the flow; --model: "
+                        f"{USER_SVI['default']['steps']}, {USER_SVI['flow']['steps']} for the flow)")
     g.add_argument("--particles", type=int, default=None,
-                   help="Monte Carlo samples per step, vectorized (default: 16; 128 for the flow)")
+                   help="Monte Carlo samples per step, vectorized (default: 16; 128 for the flow; --model: "
+                        f"{USER_SVI['default']['particles']}, {USER_SVI['flow']['particles']} for the flow)")
     g.add_argument("--lr", type=float, default=None,
-                   help="initial Adam learning rate, decayed 40x over the run (default: 0.02; 0.03 for the flow)")
+                   help="initial Adam learning rate, decayed 40x over the run (default: 0.02; 0.03 for the flow; "
+                        f"--model: {USER_SVI['default']['lr']}, {USER_SVI['flow']['lr']} for the flow)")
     g.add_argument("--draws", type=int, default=4000, help="posterior draws per guide for moments and ArviZ")
     g.add_argument("--elbo-samples", type=int, default=100_000, help="Monte Carlo samples for the final ELBO")
     g.add_argument("--nuts-samples", type=int, default=500, help="NUTS draws per chain")
@@ -256,16 +280,35 @@ def default_args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(["posterior", *argv])
 
 
-def config_from_args(args: argparse.Namespace, model: PoissonGamma) -> dict:
-    guides = [choice(g, list(GUIDES), "guide") for g in args.guides]
+def config_from_args(args: argparse.Namespace, model) -> dict:
+    user = isinstance(model, UserModel)
+    defaults = USER_SVI if user else GUIDE_DEFAULTS
+    guides = [guide_name(g) for g in (args.guides or (DEFAULT_GUIDES if user else list(GUIDES)))]
+    if len(set(guides)) != len(guides):
+        raise ValueError(f"--guides: {', '.join(g for g in guides if guides.count(g) > 1)} given twice")
     loss = loss_name(args.loss)
     if loss not in SVI_LOSSES:
         raise ValueError(f"loss {args.loss!r} is for the VAE; svilab posterior takes: {', '.join(SVI_LOSSES)}")
     if loss == "renyi":
-        if min(settings(g, args.steps, args.particles, args.lr)["particles"] for g in guides) < 2:
+        if min(settings(g, args.steps, args.particles, args.lr, defaults)["particles"] for g in guides) < 2:
             raise ValueError("--loss renyi needs --particles >= 2")
+        if args.alpha is not None and not (math.isfinite(args.alpha) and args.alpha != 1):
+            raise ValueError(f"--alpha must be a finite number other than 1 for --loss renyi, got {args.alpha}")
+    elif args.alpha is not None:
+        raise ValueError(f"--alpha applies to --loss renyi only, not to {loss}")
+    init = args.init
+    if init is not None:
+        init = choice(init, list(INIT_STRATEGIES), "--init")
+    if args.reference is not None and not user:
+        raise ValueError("--reference needs --model (the Poisson-Gamma model is compared with its exact posterior)")
+    if user:
+        extra = {"reference": args.reference, "max_error": positive(args.max_error, "--max-error"),
+                 "init": init or "uniform"}
+    else:
+        extra = {"init": init}
     return {"command": "posterior", "guides": guides, "loss": loss, "alpha": args.alpha, "seed": args.seed,
-            "svi": {g: settings(g, args.steps, args.particles, args.lr) for g in guides},
+            **extra,
+            "svi": {g: settings(g, args.steps, args.particles, args.lr, defaults) for g in guides},
             "draws": positive_int(args.draws, "--draws"),
             "elbo_samples": positive_int(args.elbo_samples, "--elbo-samples"),
             "nuts": bool(args.nuts),
@@ -279,10 +322,19 @@ def main(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     config = config_from_args(args, model)
     reporter = Reporter(args.json)
+    if isinstance(model, UserModel):  # everything that can be wrong with the files, before any folder exists
+        with float64_default():
+            sites = check_user_model(model)
+            reference = read_reference(args.reference) if args.reference else None
+            if reference is not None:
+                reference.check_names(parameter_names(sites), f"reference file {args.reference}")
     folder = run_folder(args, "posterior")
     folder.write_config(config)
     t0 = time.perf_counter()
-    results = run(model, folder, reporter, config)
+    if isinstance(model, UserModel):
+        results = run_user(model, folder, reporter, config, reference=reference, sites=sites)
+    else:
+        results = run(model, folder, reporter, config)
     results["seconds"] = time.perf_counter() - t0
     folder.write_results(results)
     reporter.say(f"\nRun folder: {folder}")

@@ -35,16 +35,37 @@ GUIDES: dict[str, str] = {
 JIT_GUIDES = frozenset({"normal", "lognormal", "gamma", "mvn"})
 
 
-def make_guide(name: str, model, **options):
+#: other names users reach for (``meanfield``: for real-valued latents ``lognormal`` is a Normal)
+GUIDE_ALIASES = {"meanfield": "lognormal", "autonormal": "lognormal", "diagonal": "lognormal",
+                 "fullrank": "mvn", "automultivariatenormal": "mvn", "autoflow": "flow"}
+
+#: each guide's initial location when none is asked for (Pyro's defaults, made sample-free so
+#: that improper priors work: see :mod:`svilab.inference.init`)
+DEFAULT_INIT = {"normal": "mean", "gamma": "mean", "lognormal": "feasible", "mvn": "median", "flow": "median"}
+
+
+def guide_name(name: str) -> str:
+    """The canonical name of a guide (case-insensitive, with :data:`GUIDE_ALIASES`)."""
+    key = str(name).lower()
+    return GUIDE_ALIASES[key] if key in GUIDE_ALIASES else choice(name, list(GUIDES), "guide")
+
+
+def make_guide(name: str, model, init=None, **options):
     """Build the guide called ``name`` for ``model``.
 
-    :param name: one of :data:`GUIDES`.
+    :param name: one of :data:`GUIDES` (or an alias from :data:`GUIDE_ALIASES`).
+    :param init: initial location: a name from :data:`svilab.inference.init.INIT_STRATEGIES`, a Pyro
+        init function, or None for the guide's default (:data:`DEFAULT_INIT`); none samples a site.
     :param options: passed to the guide's constructor (e.g. ``init_scale``, ``num_transforms``).
     :raises ValueError: unknown name (the message lists the known ones).
     """
     from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
-    name = choice(name, GUIDES, "guide")
+    from svilab.inference.init import make_init
+
+    name = guide_name(name)
+    init = DEFAULT_INIT[name] if init is None else init
+    options["init_loc_fn"] = make_init(init) if isinstance(init, str) else init
     if name == "normal":
         return MeanFieldPositiveNormal(model, **options)
     if name == "gamma":
@@ -56,5 +77,5 @@ def make_guide(name: str, model, **options):
     return AutoFlow(model, **options)
 
 
-__all__ = ["GUIDES", "JIT_GUIDES", "AutoFlow", "MeanFieldGamma", "MeanFieldPositiveNormal",
-           "PositiveNormal", "make_guide"]
+__all__ = ["DEFAULT_INIT", "GUIDES", "GUIDE_ALIASES", "JIT_GUIDES", "AutoFlow", "MeanFieldGamma",
+           "MeanFieldPositiveNormal", "PositiveNormal", "guide_name", "make_guide"]

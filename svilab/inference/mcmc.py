@@ -13,7 +13,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyro
 from pyro.infer import MCMC, NUTS
@@ -25,9 +25,13 @@ from svilab.validation import choice, positive_int
 
 @dataclass
 class NUTSResult:
+    """The finished :class:`pyro.infer.MCMC` run, its wall time, settings, and the model's arguments."""
+
     mcmc: MCMC
     seconds: float
     config: dict
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
 
 
 def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num_chains: int = 4,
@@ -81,4 +85,5 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
     return NUTSResult(mcmc, time.perf_counter() - t0,
                       {"num_samples": num_samples, "warmup_steps": warmup_steps, "num_chains": num_chains,
                        "seed": seed, "target_accept_prob": target_accept_prob, "chain_method": chain_method,
-                       "init": init if isinstance(init, str) else getattr(init, "__name__", repr(init))})
+                       "init": init if isinstance(init, str) else getattr(init, "__name__", repr(init))},
+                      args, kwargs)

@@ -1,11 +1,16 @@
 r"""ArviZ summaries of fitted guides and MCMC runs, and the method-comparison table.
 
 * :func:`guide_inference_data`: an :class:`arviz.InferenceData` for a fitted guide, with the
-  same groups and variable names as :func:`arviz.from_pyro` gives for MCMC: ``posterior``
-  (draws from the guide through :class:`pyro.infer.Predictive`, one chain), ``log_likelihood``
-  (pointwise :math:`\log p(x_i \mid z)` of every observed site, so ``az.loo``/``az.waic`` work) and
-  ``observed_data``.
-* :func:`mcmc_inference_data`: ``az.from_pyro`` of an MCMC run (with its log likelihood).
+  same groups and variable names as for MCMC: ``posterior`` (independent draws from the guide as
+  **one chain**, labelled ``variational draws`` in the attributes: R-hat and trace plots of
+  independent draws say nothing about the fit, Pareto-k-hat does, :mod:`svilab.inference.diagnostics`),
+  deterministic sites included; ``log_likelihood`` (pointwise :math:`\log p(x_i \mid z)` of every
+  observed data site, so ``az.loo``/``az.waic`` work; ``pyro.deterministic`` and ``pyro.factor``
+  sites are not data) and ``observed_data``.
+* :func:`mcmc_inference_data`: the same layout for an MCMC run (chains kept), with
+  ``sample_stats.diverging``. Built like ``az.from_pyro`` but through
+  :func:`svilab.inference.draws.replay_draws`, which handles vector latents, deterministic sites and
+  improper priors (``az.from_pyro`` samples the model and puts deterministic sites in the likelihood).
 * :func:`elbo_estimate`: the ELBO of a guide by vectorized Monte Carlo with its standard error,
 
   .. math:: \widehat{\mathcal L} = \frac1n \sum_{s=1}^n \log p(x, z_s) - \log q(z_s),
@@ -26,151 +31,102 @@ from dataclasses import dataclass, field
 import arviz as az
 import numpy as np
 import pandas as pd
-import pyro
 import torch
-from pyro import poutine
-from pyro.infer import Predictive
-from pyro.poutine.util import prune_subsample_sites
 
+from svilab.inference.diagnostics import pareto_k
+from svilab.inference.draws import Draws, flat_draws, guide_draws, importance_log_weights, replay_draws
+from svilab.inference.reference import Reference
+from svilab.inference.sites import ModelSites, model_sites
 from svilab.validation import positive_int
 
 
 @dataclass
-class ModelSites:
-    """Latent and observed sites of a model, from one trace (shapes without any particle dims)."""
-
-    latent: dict[str, torch.Size]
-    observed: dict[str, torch.Tensor]
-    max_plate_nesting: int
-
-
-def model_sites(model, *args, **kwargs) -> ModelSites:
-    """Trace ``model`` once (blocked, no gradients) and list its latent and observed sites."""
-    with poutine.block(), torch.no_grad():
-        trace = prune_subsample_sites(poutine.trace(model).get_trace(*args, **kwargs))
-    latent, observed = {}, {}
-    nesting = 0
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample":
-            continue
-        nesting = max(nesting, len(site["cond_indep_stack"]))
-        if site["is_observed"]:
-            observed[name] = site["value"].detach()
-        else:
-            latent[name] = site["value"].shape
-    return ModelSites(latent, observed, nesting)
-
-
-@dataclass
 class ELBOEstimate:
+    """Monte Carlo ELBO with its standard error and the Pareto k-hat of the same importance weights."""
+
     value: float
     se: float
     num_samples: int
-    method: str = "Monte Carlo"
-
-
-def _per_particle_log_prob(trace, n: int, nesting: int) -> torch.Tensor:
-    """Sum every site's log density over all dims but the particle dim ``-(nesting + 1)``."""
-    total = torch.zeros(n, dtype=torch.float64)
-    for site in trace.nodes.values():
-        if site["type"] != "sample" or "log_prob" not in site:
-            continue
-        lp = site["log_prob"].double()
-        if lp.dim() < nesting + 1:  # no particle dim: the same value for every particle
-            total = total + lp.sum()
-        else:
-            lp = lp.movedim(-(nesting + 1), 0)
-            total = total + lp.reshape(lp.shape[0], -1).sum(-1)
-    return total
+    pareto_k: float = math.nan
 
 
 def log_weights(model, guide, *args, num_samples: int = 10_000, chunk: int = 50_000, seed: int | None = None,
                 **kwargs) -> torch.Tensor:
-    r""":math:`\log p(x, z_s) - \log q(z_s)` for ``num_samples`` draws :math:`z_s \sim q`, vectorized
-    (in chunks of ``chunk`` draws) over a particle plate outside the model's plates."""
-    num_samples = positive_int(num_samples, "num_samples")
-    nesting = model_sites(model, *args, **kwargs).max_plate_nesting
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    out = []
-    with torch.no_grad():
-        for start in range(0, num_samples, chunk):
-            n = min(chunk, num_samples - start)
-            with pyro.plate("_elbo_particles", n, dim=-(nesting + 1)):
-                guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-            guide_trace.compute_log_prob()
-            model_trace.compute_log_prob()
-            out.append(_per_particle_log_prob(model_trace, n, nesting)
-                       - _per_particle_log_prob(guide_trace, n, nesting))
-    return torch.cat(out)
+    r""":math:`\log p(x, z_s) - \log q(z_s)` for ``num_samples`` draws :math:`z_s \sim q`
+    (:func:`svilab.inference.draws.importance_log_weights`, Pyro's vectorized importance weights)."""
+    return importance_log_weights(model, guide, *args, num_samples=num_samples, chunk=chunk, seed=seed, **kwargs)
 
 
 def elbo_estimate(model, guide, *args, num_samples: int = 100_000, seed: int | None = None, **kwargs) -> ELBOEstimate:
-    """Monte Carlo ELBO of ``guide`` with its standard error (see the module docstring)."""
+    """Monte Carlo ELBO of ``guide`` with its standard error and Pareto k-hat (module docstring).
+
+    :raises ValueError: ``num_samples < 2`` (no standard error), or a non-finite weight.
+    """
+    num_samples = positive_int(num_samples, "num_samples (ELBO samples)", minimum=2)
     w = log_weights(model, guide, *args, num_samples=num_samples, seed=seed, **kwargs)
     if not torch.isfinite(w).all():
         raise ValueError("the ELBO estimate is not finite: the guide puts mass where the model has none")
-    return ELBOEstimate(float(w.mean()), float(w.std() / math.sqrt(len(w))), len(w))
+    return ELBOEstimate(float(w.mean()), float(w.std() / math.sqrt(len(w))), len(w), pareto_k(w))
 
 
 def guide_samples(model, guide, *args, num_samples: int = 4000, seed: int | None = None,
                   **kwargs) -> dict[str, np.ndarray]:
     """Draws of every latent site from ``guide``: ``{name: array of shape (num_samples, *site_shape)}``."""
-    num_samples = positive_int(num_samples, "num_samples")
-    sites = model_sites(model, *args, **kwargs)
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    with torch.no_grad():
-        draws = Predictive(model, guide=guide, num_samples=num_samples, parallel=True,
-                           return_sites=list(sites.latent))(*args, **kwargs)
-    return {k: draws[k].reshape((num_samples,) + tuple(shape)).detach().cpu().numpy()
-            for k, shape in sites.latent.items()}
+    return guide_draws(model, guide, *args, num_samples=num_samples, seed=seed, **kwargs).latent
 
 
 def pointwise_log_likelihood(model, samples: Mapping[str, np.ndarray], *args, **kwargs) -> dict[str, np.ndarray]:
-    """:math:`\\log p(x_i \\mid z_s)` of each observed site: ``{name: (S, *obs_shape)}``, vectorized
-    over the draws the way :func:`arviz.from_pyro` does it."""
-    tensors = {k: torch.as_tensor(v) for k, v in samples.items()}
-    n = len(next(iter(tensors.values())))
-    with torch.no_grad():
-        trace = Predictive(model, posterior_samples=tensors).get_vectorized_trace(*args, **kwargs)
-    out = {}
-    for name, site in trace.nodes.items():
-        if site["type"] == "sample" and site["is_observed"] and name not in tensors:
-            lp = site["fn"].log_prob(site["value"])
-            out[name] = lp.reshape((n,) + tuple(site["value"].shape[-lp.dim() + 1:] if lp.dim() > 1 else ())
-                                   ).detach().cpu().numpy()
-    return out
+    """:math:`\\log p(x_i \\mid z_s)` of each observed data site: ``{name: (S, *obs_shape)}``."""
+    return replay_draws(model, samples, *args, **kwargs).log_likelihood
 
 
-def guide_inference_data(model, guide, *args, num_samples: int = 4000, chains: int = 4, seed: int | None = None,
-                         **kwargs) -> az.InferenceData:
-    """``InferenceData`` for a fitted guide, laid out like ``az.from_pyro`` (see module docstring).
-
-    The ``num_samples`` independent draws are split into ``chains`` pseudo-chains so that ArviZ's
-    diagnostics apply (for independent draws R-hat is ~1 and the ESS ~ ``num_samples``).
-    """
-    chains = positive_int(chains, "chains")
-    if num_samples % chains:
-        raise ValueError(f"num_samples ({num_samples}) must be a multiple of chains ({chains})")
-    sites = model_sites(model, *args, **kwargs)
-    draws = guide_samples(model, guide, *args, num_samples=num_samples, seed=seed, **kwargs)
-    loglik = pointwise_log_likelihood(model, draws, *args, **kwargs)
+def draws_inference_data(draws: Draws, sites: ModelSites, chains: int = 1, method: str = "",
+                         sample_stats: dict | None = None) -> az.InferenceData:
+    """``InferenceData`` from :class:`~svilab.inference.draws.Draws` (chains in order, ``S = chains * draws``)."""
+    n = draws.num_draws
+    if n % chains:
+        raise ValueError(f"{n} draws cannot be split into {chains} chains")
 
     def split(v):
-        return v.reshape((chains, num_samples // chains) + v.shape[1:])
+        return np.asarray(v).reshape((chains, n // chains) + np.asarray(v).shape[1:])
 
-    return az.from_dict(
-        posterior={k: split(v) for k, v in draws.items()},
-        log_likelihood={k: split(v) for k, v in loglik.items()},
-        observed_data={k: v.cpu().numpy() for k, v in sites.observed.items()},
-        attrs={"inference_library": "pyro", "method": "variational (guide draws)"})
+    idata = az.from_dict(
+        posterior={k: split(v) for k, v in draws.posterior.items()},
+        log_likelihood={k: split(v) for k, v in draws.log_likelihood.items()} or None,
+        observed_data={k: v.cpu().numpy() for k, v in sites.observed.items()} or None,
+        sample_stats=sample_stats,
+        attrs={"inference_library": "pyro", "method": method})
+    idata.posterior.attrs.update({"inference_library": "pyro", "method": method})  # kept in .nc files
+    return idata
 
 
-def mcmc_inference_data(mcmc) -> az.InferenceData:
-    """``az.from_pyro`` of a finished :class:`pyro.infer.MCMC` run, with the pointwise log likelihood."""
-    return az.from_pyro(mcmc, log_likelihood=True)
+def guide_inference_data(model, guide, *args, num_samples: int = 4000, seed: int | None = None,
+                         draws: Draws | None = None, **kwargs) -> az.InferenceData:
+    """``InferenceData`` for a fitted guide: independent draws as one chain (module docstring)."""
+    sites = model_sites(model, *args, **kwargs)
+    if draws is None:
+        draws = guide_draws(model, guide, *args, num_samples=num_samples, seed=seed, sites=sites, **kwargs)
+    return draws_inference_data(draws, sites, 1, "variational draws (independent draws from the guide, not MCMC)")
+
+
+def mcmc_inference_data(run, *args, **kwargs) -> az.InferenceData:
+    """``InferenceData`` of a finished MCMC run (a :class:`svilab.inference.mcmc.NUTSResult` or a
+    :class:`pyro.infer.MCMC`): chains kept, deterministic sites in ``posterior``, pointwise
+    log-likelihood, ``sample_stats.diverging``. The model and its arguments come from the run."""
+    mcmc = getattr(run, "mcmc", run)
+    model = mcmc.kernel.model
+    if not args and not kwargs:
+        args, kwargs = getattr(run, "args", None) or mcmc._args, getattr(run, "kwargs", None) or mcmc._kwargs
+    sites = model_sites(model, *args, **kwargs)
+    samples = mcmc.get_samples(group_by_chain=True)
+    chains, ndraws = next(iter(samples.values())).shape[:2]
+    flat = {k: v.reshape((chains * ndraws,) + tuple(v.shape[2:])) for k, v in samples.items()}
+    draws = replay_draws(model, flat, *args, sites=sites, **kwargs)
+    diverging = np.zeros((chains, ndraws), dtype=bool)
+    found = mcmc.diagnostics().get("divergences", {})
+    for i, key in enumerate(sorted(found, key=lambda k: int(str(k).split()[-1]))):
+        diverging[i, found[key]] = True
+    return draws_inference_data(draws, sites, chains, "NUTS (pyro.infer.MCMC)", {"diverging": diverging})
 
 
 def summary(idata: az.InferenceData, var_names: Sequence[str] | None = None, kind: str = "all") -> pd.DataFrame:
@@ -188,6 +144,8 @@ class MethodResult:
     :ivar elbo: the ELBO (None for MCMC); ``elbo_se`` its standard error (0 when exact).
     :ivar moments: ``{latent: (mean, sd)}`` computed exactly (used instead of the draws).
     :ivar corr: the correlation of ``corr_pair`` (computed from draws when None).
+    :ivar pareto_k: Pareto k-hat of the guide's importance weights (None for MCMC and exact rows).
+    :ivar warnings: what the diagnostics found wrong with this fit (empty when nothing).
     """
 
     name: str
@@ -199,17 +157,13 @@ class MethodResult:
     moments: dict[str, tuple[float, float]] = field(default_factory=dict)
     corr: float | None = None
     extra: dict = field(default_factory=dict)
+    pareto_k: float | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def flat_draws(self) -> dict[str, np.ndarray]:
-        """Draws of each scalar latent, chains pooled (vector sites give ``name[i]`` entries)."""
-        out = {}
-        for name, da in self.idata.posterior.data_vars.items():
-            arr = da.values.reshape(da.shape[0] * da.shape[1], -1)
-            if arr.shape[1] == 1:
-                out[name] = arr[:, 0]
-            else:
-                out.update({f"{name}[{i}]": arr[:, i] for i in range(arr.shape[1])})
-        return out
+        """Draws of each scalar (chains pooled), vector sites as ``name[i]`` with Stan's 1-based indices."""
+        return flat_draws({name: da.values.reshape((da.shape[0] * da.shape[1],) + da.shape[2:])
+                           for name, da in self.idata.posterior.data_vars.items()})
 
     def mean_sd(self) -> dict[str, tuple[float, float]]:
         if self.moments:
@@ -222,24 +176,76 @@ class MethodResult:
         draws = self.flat_draws()
         return float(np.corrcoef(draws[pair[0]], draws[pair[1]])[0, 1])
 
+    def compare(self, reference: Reference) -> dict[str, dict[str, float]]:
+        """Per parameter: mean, sd, mean error in reference sds, sd ratio (see :mod:`svilab.inference.reference`)."""
+        from svilab.inference.reference import compare
 
-def comparison_table(methods: Sequence[MethodResult], reference: Mapping[str, tuple[float, float]] | None = None,
-                     log_evidence: float | None = None, corr_pair: tuple[str, str] | None = None) -> pd.DataFrame:
-    """One row per method: ELBO (and its se), KL = log p(x) - ELBO, mean/sd of each latent with
-    their errors against ``reference`` (``{latent: (mean, sd)}``), ``corr(pair)``, seconds."""
+        return compare(self.mean_sd(), reference)
+
+
+def _as_reference(reference) -> Reference | None:
+    if reference is None or isinstance(reference, Reference):
+        return reference
+    if isinstance(reference, Mapping):
+        return Reference.from_moments(reference)
+    raise ValueError(f"reference must be a Reference or {{name: (mean, sd)}}, got {type(reference).__name__}")
+
+
+def comparison_table(methods: Sequence[MethodResult], reference: Mapping[str, tuple[float, float]] | Reference | None
+                     = None, log_evidence: float | None = None, corr_pair: tuple[str, str] | None = None,
+                     per_parameter: bool = True) -> pd.DataFrame:
+    """One row per method: ELBO (and its se), KL = log p(x) - ELBO, Pareto k-hat where known, mean/sd of
+    each latent with their errors against ``reference``, ``corr(pair)``, seconds, warnings.
+
+    :param reference: ``{name: (mean, sd)}`` or a :class:`~svilab.inference.reference.Reference` (e.g.
+        read from reference draws); every name in it must be a parameter of some method.
+    :param per_parameter: one column per parameter (``E[x]``, ``sd(x)``, errors); False gives only the
+        worst mean error in reference sds and the range of sd ratios (for models with many parameters).
+    :raises ValueError: a reference parameter that no method has.
+    """
+    ref = _as_reference(reference)
+    if ref is not None:
+        available = set().union(*(m.mean_sd().keys() for m in methods)) if methods else set()
+        ref.check_names(available, "comparison_table reference")
+    show_k = any(m.pareto_k is not None for m in methods)
     rows = []
     for m in methods:
         row = {"method": m.name, "ELBO": m.elbo, "ELBO se": m.elbo_se}
         if log_evidence is not None:
             row["KL(q || p)"] = None if m.elbo is None else log_evidence - m.elbo
-        for k, (mean, sd) in m.mean_sd().items():
-            row[f"E[{k}]"] = mean
-            row[f"sd({k})"] = sd
-            if reference and k in reference:
-                row[f"E[{k}] error"] = mean - reference[k][0]
-                row[f"sd({k}) error"] = sd - reference[k][1]
+        if show_k:
+            row["Pareto k"] = m.pareto_k
+        moments = m.mean_sd()
+        if per_parameter:
+            for k, (mean, sd) in moments.items():
+                row[f"E[{k}]"] = mean
+                row[f"sd({k})"] = sd
+                if ref is not None and k in ref.mean:
+                    row[f"E[{k}] error"] = mean - ref.mean[k]
+                    row[f"sd({k}) error"] = sd - ref.sd[k]
+        if ref is not None:
+            cmp = [p for p in m.compare(ref).values() if "mean_error_sd" in p]
+            if cmp:
+                row["max |mean error| (ref sd)"] = max(abs(p["mean_error_sd"]) for p in cmp)
+                row["min sd ratio"] = min(p["sd_ratio"] for p in cmp)
+                row["max sd ratio"] = max(p["sd_ratio"] for p in cmp)
         if corr_pair is not None:
             row[f"corr({corr_pair[0]}, {corr_pair[1]})"] = m.correlation(corr_pair)
         row["seconds"] = m.seconds
         rows.append(row)
-    return pd.DataFrame(rows).set_index("method").astype(float)
+    table = pd.DataFrame(rows).set_index("method").astype(float)
+    if any(m.warnings for m in methods):
+        table["warnings"] = ["; ".join(m.warnings) for m in methods]
+    return table
+
+
+def parameter_table(methods: Sequence[MethodResult], reference: Reference | None = None) -> pd.DataFrame:
+    """Long form: one row per (method, parameter) with mean, sd and, against ``reference``, the mean
+    error in reference sds and the sd ratio."""
+    rows = []
+    for m in methods:
+        stats = m.compare(reference) if reference is not None else \
+            {k: {"mean": a, "sd": b} for k, (a, b) in m.mean_sd().items()}
+        for name, p in stats.items():
+            rows.append({"method": m.name, "parameter": name, **p})
+    return pd.DataFrame(rows).set_index(["method", "parameter"])

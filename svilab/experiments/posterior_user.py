@@ -1,0 +1,245 @@
+"""``svilab posterior --model FILE.py[:FUNC] --data DATA.json [--reference DRAWS.json]``: the
+guides (and NUTS) on a model the user wrote, compared with reference draws when given.
+
+For each guide: SVI from Stan's initialisation (Uniform(-2, 2) on the unconstrained scale), then
+from one set of importance weights the ELBO with its standard error and Pareto k-hat, draws from the
+guide (latent and deterministic sites, pointwise log-likelihood), an ArviZ InferenceData and
+``az.summary``; diagnostics (Pareto k-hat, convergence of the loss; for NUTS divergences, R-hat,
+ESS; against a reference the mean error in reference sds and the sd ratio) become warnings in the
+table, the JSON and stderr.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pyro
+
+from svilab.experiments.common import Reporter
+from svilab.experiments.runs import RunFolder
+from svilab.guides import JIT_GUIDES, make_guide
+from svilab.inference.diagnostics import (
+    convergence_warnings,
+    mcmc_warnings,
+    pareto_k_warnings,
+    reference_warnings,
+)
+from svilab.inference.draws import flat_draws, guide_draws
+from svilab.inference.mcmc import run_nuts
+from svilab.inference.reference import Reference, read_reference, worst_mean_error
+from svilab.inference.sites import model_sites
+from svilab.inference.summaries import (
+    MethodResult,
+    comparison_table,
+    elbo_estimate,
+    guide_inference_data,
+    mcmc_inference_data,
+    parameter_table,
+    summary,
+)
+from svilab.inference.svi import DivergenceError, fit
+from svilab.models.user import UserModel, float64_default
+
+#: guides fitted by default to a user's model (the hand-written positive guides need positive sites)
+DEFAULT_GUIDES = ["lognormal", "mvn", "flow"]
+#: SVI schedule for user models (lr decays 40x over the run)
+USER_SVI = {"flow": {"steps": 3000, "particles": 32, "lr": 0.03},
+            "default": {"steps": 3000, "particles": 16, "lr": 0.05}}
+
+
+def parameter_names(sites) -> set[str]:
+    """Stan-style names of every scalar of the latent and deterministic sites."""
+    shapes = {**{k: s.shape for k, s in sites.latent.items()}, **sites.deterministic}
+    return set(flat_draws({k: np.zeros((1, *shape)) for k, shape in shapes.items()}))
+
+
+def fit_user_guide(um: UserModel, name: str, cfg: dict, config: dict, sites) -> tuple[MethodResult, np.ndarray]:
+    """Fit one guide to the user's model and evaluate it (ELBO, Pareto k, draws, warnings)."""
+    pyro.clear_param_store()
+    guide = make_guide(name, um.model, init=config["init"])
+    jit = name in JIT_GUIDES and config["loss"] != "renyi"
+    warns = []
+    try:
+        result = fit(um.model, guide, loss=config["loss"], alpha=config["alpha"], steps=cfg["steps"],
+                     num_particles=cfg["particles"], lr=cfg["lr"], lr_final=cfg["lr"] / 40, jit=jit,
+                     max_plate_nesting=sites.max_plate_nesting, seed=config["seed"], description=f"SVI {name}")
+        history, seconds, steps_done = result.history, result.seconds, result.steps_done
+        warns += convergence_warnings(history, steps_done)
+    except DivergenceError as exc:
+        r = exc.result
+        history, seconds, steps_done = r.history, r.seconds, r.steps_done
+        warns.append(f"diverged: {exc}; results are from the last finite parameters")
+    elbo = elbo_estimate(um.model, guide, num_samples=config["elbo_samples"], seed=config["seed"] + 1)
+    warns = pareto_k_warnings(elbo.pareto_k) + warns
+    draws = guide_draws(um.model, guide, num_samples=config["draws"], seed=config["seed"] + 2, sites=sites)
+    idata = guide_inference_data(um.model, guide, draws=draws)
+    method = MethodResult(name, idata, elbo=elbo.value, elbo_se=elbo.se,
+                          elbo_method=f"Monte Carlo (n={elbo.num_samples})", seconds=seconds,
+                          pareto_k=elbo.pareto_k, warnings=warns,
+                          extra={"steps": steps_done, "particles": cfg["particles"], "lr": cfg["lr"],
+                                 "final_loss": float(np.mean(history[-max(1, len(history) // 10):]))
+                                 if len(history) else None})
+    return method, history
+
+
+def run_user_nuts(um: UserModel, config: dict, sites) -> MethodResult:
+    n = config["nuts_settings"]
+    res = run_nuts(um.model, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"], num_chains=n["num_chains"],
+                   seed=config["seed"], init=config["init"], max_plate_nesting=sites.max_plate_nesting)
+    idata = mcmc_inference_data(res)
+    s = summary(idata)
+    divergences = int(idata.sample_stats["diverging"].values.sum())
+    warns = mcmc_warnings(s, divergences, n["num_chains"], n["num_samples"])
+    return MethodResult("nuts", idata, seconds=res.seconds, warnings=warns,
+                        extra={"divergences": divergences, "max_r_hat": float(s["r_hat"].max()),
+                               "min_ess_bulk": float(s["ess_bulk"].min())})
+
+
+def figure_marginals(methods: list[MethodResult], reference_draws: dict[str, np.ndarray] | None, names: list[str],
+                     max_panels: int = 16):
+    """One panel per parameter (the first ``max_panels``): each method's KDE, the reference's in black."""
+    import arviz as az
+
+    names = names[:max_panels]
+    cols = min(4, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    flats = {m.name: m.flat_draws() for m in methods}
+    for ax, name in zip(axes.flat, names, strict=False):
+        if reference_draws is not None and name in reference_draws:
+            az.plot_kde(reference_draws[name], ax=ax, plot_kwargs={"color": "black", "linewidth": 2.2},
+                        label="reference")
+        for i, m in enumerate(methods):
+            if name in flats[m.name]:
+                az.plot_kde(flats[m.name][name], ax=ax, label=m.name,
+                            plot_kwargs={"color": colors[i % len(colors)], "linewidth": 1.2})
+        ax.set_title(name, fontsize=10)
+        ax.set_yticks([])
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=9)
+    fig.suptitle("Posterior marginals: each method (colours) and the reference draws (black)", y=1.03)
+    fig.tight_layout()
+    return fig
+
+
+def figure_losses(histories: dict[str, np.ndarray], loss: str):
+    fig, ax = plt.subplots(figsize=(7.5, 4.3))
+    lows = []
+    for name, h in histories.items():
+        if not len(h):
+            continue
+        k = max(1, len(h) // 50)
+        smooth = np.convolve(h, np.ones(k) / k, mode="valid")
+        ax.plot(np.arange(len(smooth)) + k, smooth, label=name)
+        lows.append(smooth.min())
+    if lows:  # the end of the optimisation is what matters: start the axis near the best value
+        lo = min(lows)
+        ax.set_ylim(lo - 0.05 * abs(lo) - 1, lo + 0.2 * abs(lo) + 20)
+    ax.set_xlabel("SVI step")
+    ax.set_ylabel(f"{loss} (moving average)")
+    ax.set_title("SVI loss per guide")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def method_json(m: MethodResult, reference: Reference | None) -> dict:
+    params = m.compare(reference) if reference is not None else \
+        {k: {"mean": a, "sd": b} for k, (a, b) in m.mean_sd().items()}
+    return {"name": m.name, "elbo": m.elbo, "elbo_se": m.elbo_se, "pareto_k": m.pareto_k, "warnings": m.warnings,
+            "max_abs_mean_error_sd": worst_mean_error(params) if reference is not None else None,
+            "params": params, "seconds": m.seconds, **({"details": m.extra} if m.extra else {})}
+
+
+def check_user_model(um: UserModel):
+    """Run the model once on its data (no sampling); one-line errors name the file. Returns its sites."""
+    try:
+        sites = model_sites(um.model)
+    except Exception as exc:  # noqa: BLE001 - the user's code: one line naming the file
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"model {um.path}:{um.func}: running it on the data failed: {type(exc).__name__}: {msg}") \
+            from exc
+    if not sites.latent:
+        raise ValueError(f"model {um.path}:{um.func}: it has no latent sample sites to infer")
+    return sites
+
+
+def run_user(um: UserModel, folder: RunFolder, reporter: Reporter, config: dict, reference: Reference | None = None,
+             sites=None) -> dict:
+    """Fit every guide (and NUTS) to the user's model; compare with ``reference`` if given."""
+    with float64_default():
+        return _run_user(um, folder, reporter, config, reference, sites)
+
+
+def _run_user(um: UserModel, folder: RunFolder, reporter: Reporter, config: dict, reference: Reference | None,
+              sites) -> dict:
+    sites = sites or check_user_model(um)
+    if reference is None and config.get("reference"):
+        reference = read_reference(config["reference"])
+    names = sorted(parameter_names(sites))
+    if reference is not None:
+        reference.check_names(set(names), f"reference file {config['reference']}")
+    reporter.say(f"Model {um.path}:{um.func}: latent sites "
+                 + ", ".join(f"{k}{list(s.shape) if s.shape else ''}" for k, s in sites.latent.items())
+                 + (f"; deterministic {', '.join(sites.deterministic)}" if sites.deterministic else "")
+                 + f"; observed {', '.join(sites.observed) or 'none'}")
+    methods, histories = [], {}
+    (folder.path / "inference_data").mkdir(exist_ok=True)
+    for name in config["guides"]:
+        cfg = config["svi"][name]
+        method, history = fit_user_guide(um, name, cfg, config, sites)
+        methods.append(method)
+        histories[name] = history
+        reporter.say(f"fitted {name:9s} in {method.seconds:6.2f} s ({method.extra['steps']} steps x "
+                     f"{cfg['particles']} particles, lr {cfg['lr']:g}): ELBO {method.elbo:.4f} "
+                     f"+- {method.elbo_se:.4f}, Pareto k {method.pareto_k:.2f}")
+    if config["nuts"]:
+        n = config["nuts_settings"]
+        nuts = run_user_nuts(um, config, sites)
+        methods.append(nuts)
+        reporter.say(f"NUTS: {n['num_chains']} chains x {n['num_samples']} draws in {nuts.seconds:.1f} s, "
+                     f"{nuts.extra['divergences']} divergences, max R-hat {nuts.extra['max_r_hat']:.3f}")
+    if reference is not None:
+        for m in methods:
+            m.warnings += reference_warnings(m.compare(reference), config["max_error"])
+    table = comparison_table(methods, reference, per_parameter=len(names) <= 4)
+    if "warnings" not in table:
+        table["warnings"] = ""
+    folder.write_table("comparison", table)
+    params = parameter_table(methods, reference)
+    folder.write_table("parameters", params)
+    title = f"Posterior approximations of {um.name}" + (f" vs the reference draws ({reference.num_draws})"
+                                                        if reference is not None else "")
+    reporter.table(title, table.drop(columns=["warnings"]))
+    reporter.table("Per parameter" + (" (mean error in reference sds, sd ratio)" if reference else ""), params)
+    for m in methods:
+        folder.write_table(f"summary_{m.name}", summary(m.idata))
+        m.idata.to_netcdf(folder.path / "inference_data" / f"{m.name}.nc")
+    for m in methods:  # every problem, on stderr whatever the output mode
+        for w in m.warnings:
+            print(f"warning: {m.name}: {w}", file=sys.stderr)
+    if not any(m.warnings for m in methods):
+        reporter.say("\nNo warnings: every diagnostic passed.")
+    shown = [n for n in names if reference is None or n in reference.mean] or names
+    folder.save_figure(figure_marginals(methods, reference.draws if reference is not None else None, shown),
+                       "posterior_marginals")
+    if histories:
+        folder.save_figure(figure_losses(histories, config["loss"]), "svi_loss")
+    if config["nuts"]:
+        import arviz as az
+
+        axes = az.plot_trace(methods[-1].idata, var_names=list(sites.latent)[:6], compact=True)
+        folder.save_figure(axes.ravel()[0].figure, "nuts_trace")
+    return {"model": f"{um.path}:{um.func}", "reference": config["reference"],
+            "methods": [method_json(m, reference) for m in methods]}
+
+
+__all__ = ["DEFAULT_GUIDES", "USER_SVI", "check_user_model", "parameter_names", "run_user"]
