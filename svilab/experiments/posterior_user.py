@@ -165,8 +165,9 @@ def check_user_model(um: UserModel):
         sites = model_sites(um.model)
     except Exception as exc:  # noqa: BLE001 - the user's code: one line naming the file
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ValueError(f"model {um.path}:{um.func}: running it on the data failed: {type(exc).__name__}: {msg}") \
-            from exc
+        hint = " (no --data file was given)" if isinstance(exc, KeyError) and um.data_path is None else ""
+        raise ValueError(f"model {um.path}:{um.func}: running it on the data failed: {type(exc).__name__}: "
+                         f"{msg}{hint}") from exc
     if not sites.latent:
         raise ValueError(f"model {um.path}:{um.func}: it has no latent sample sites to infer")
     return sites
