@@ -37,15 +37,16 @@ def main(args: argparse.Namespace) -> int:
     cfg = {"family": "normal", "point": point, "M": [5, 10, 100, 1000], "reps": 1000, "seed": args.seed}
     sub = folder.sub("elbo")
     sub.write_config({"command": "elbo", **cfg, **model.config()})
-    results["elbo"] = gradients.run_elbo(model, "normal", point, cfg["M"], cfg["reps"], args.seed, sub, reporter)
+    lab = gradients.poisson_gamma_lab(model, "normal", point)
+    results["elbo"] = gradients.run_elbo(lab, cfg["M"], cfg["reps"], args.seed, sub, reporter)
     sub.write_results(results["elbo"])
 
     reporter.say("\n== 3. Gradient estimators (notebook 1.2-1.3, with variance reduction) ==")
     cfg = {**cfg, "reps": 500, "estimators": list(gradients.GRADIENT_ESTIMATORS)}
     sub = folder.sub("gradients")
     sub.write_config({"command": "gradients", **cfg, **model.config()})
-    results["gradients"] = gradients.run_gradients(
-        model, "normal", point, cfg["estimators"], cfg["M"], cfg["reps"], args.seed, sub, reporter)
+    results["gradients"] = gradients.run_gradients(lab, cfg["estimators"], cfg["M"], cfg["reps"], args.seed, sub,
+                                                   reporter)
     sub.write_results(results["gradients"])
 
     reporter.say("\n== 4. SVI with five guides and NUTS vs the exact posterior ==")

@@ -1,4 +1,4 @@
-r"""The exact ELBO of a mean-field guide and its exact gradient, by 2-D quadrature.
+r"""The exact ELBO of a mean-field guide and its exact gradient, by 1-D or 2-D quadrature.
 
 For :math:`q_\lambda(z) = q_{\lambda_1}(z_1)\,q_{\lambda_2}(z_2)`,
 
@@ -10,7 +10,8 @@ For :math:`q_\lambda(z) = q_{\lambda_1}(z_1)\,q_{\lambda_2}(z_2)`,
 computed with a tensor product of one-dimensional double-exponential (tanh-sinh) rules, one per
 factor, in the standardized variable of the factor (:math:`t = (z - \mu)/\sigma` on
 :math:`(-\mu/\sigma, \infty)` for the truncated Normal, :math:`n = (\log z - \mu)/\sigma` for the
-LogNormal), cut where the Normal weight is below :math:`e^{-72}`. Tanh-sinh converges
+LogNormal, the same on the real line for the ``gaussian`` family), cut where the Normal weight
+is below :math:`e^{-72}`. Tanh-sinh converges
 exponentially also with the log singularity of :math:`\log p` at :math:`z \to 0`. Nodes and
 weights are differentiable functions of :math:`\lambda`, so ``torch.autograd`` gives the exact
 gradient (boundary terms included). Accuracy: ~1e-10 relative with the default rule; the tests
@@ -56,21 +57,31 @@ def factor_rule(family: Family, mu: torch.Tensor, sigma: torch.Tensor
         z = sigma * (b - a) * s + offset
         logw = -0.5 * t**2 - 0.5 * math.log(2 * math.pi) - log_ndtr(alpha)
         return z, w * torch.exp(logw)
-    if family.name == "lognormal":
+    if family.name in ("lognormal", "gaussian"):
         a, b = torch.tensor(-_L, dtype=mu.dtype), torch.tensor(_L, dtype=mu.dtype)
         s, w = _tanh_sinh(a, b)
         n = a + (b - a) * s
-        return torch.exp(mu + sigma * n), w * torch.exp(-0.5 * n**2 - 0.5 * math.log(2 * math.pi))
+        z = mu + sigma * n
+        weights = w * torch.exp(-0.5 * n**2 - 0.5 * math.log(2 * math.pi))
+        return (torch.exp(z) if family.name == "lognormal" else z), weights
     raise ValueError(f"no quadrature rule for family {family.name!r}")
 
 
 def exact_elbo(target: Target | Callable, family: Family | str, params,
                dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """The ELBO at ``params`` (shape (2, 2) or 4 numbers), differentiable in ``params``."""
+    """The ELBO at ``params`` (shape (D, 2) or 2 D numbers, D = 1 or 2), differentiable in ``params``."""
     fam = get_family(family)
-    p = params if isinstance(params, torch.Tensor) and params.shape == (2, 2) else check_params(
-        params, 2, dtype)
-    (zu, wu), (zv, wv) = (factor_rule(fam, p[i, 0], p[i, 1]) for i in range(2))
+    dim = getattr(target, "dim", 2)
+    if dim not in (1, 2):
+        raise ValueError(f"quadrature needs 1 or 2 latent dimensions, the target has {dim}")
+    p = params if isinstance(params, torch.Tensor) and params.shape == (dim, 2) else check_params(
+        params, dim, dtype)
+    rules = [factor_rule(fam, p[i, 0], p[i, 1]) for i in range(dim)]
+    if dim == 1:
+        (z1, w1), = rules
+        e_logp = (w1 * target(z1[None, :])).sum()
+        return e_logp - (w1 * fam.log_prob(p, z1[None, :])[0]).sum()
+    (zu, wu), (zv, wv) = rules
     z = torch.stack(torch.broadcast_tensors(zu[:, None], zv[None, :]), 0)       # (2, K, K)
     lp = target(z)
     e_logp = (wu[:, None] * wv[None, :] * lp).sum()
@@ -81,8 +92,8 @@ def exact_elbo(target: Target | Callable, family: Family | str, params,
 
 def exact_elbo_and_grad(target: Target | Callable, family: Family | str, params,
                         dtype: torch.dtype = torch.float64) -> tuple[float, torch.Tensor]:
-    """``(ELBO, gradient)`` with the gradient flattened as (mu_u, sigma_u, mu_v, sigma_v)."""
-    p = check_params(params, 2, dtype).clone().requires_grad_(True)
+    """``(ELBO, gradient)`` with the gradient flattened as (loc_1, scale_1, loc_2, scale_2)."""
+    p = check_params(params, getattr(target, "dim", 2), dtype).clone().requires_grad_(True)
     with torch.enable_grad():
         value = exact_elbo(target, family, p, dtype)
         (g,) = torch.autograd.grad(value, p)

@@ -129,6 +129,7 @@ def estimate(estimator: Estimator | str, target: Target, family: Family | str, p
     p = check_params(params, target.dim, dtype)
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    chunk = min(chunk, getattr(target, "max_batch", chunk))  # model targets bound their own batch
     per = max(1, min(reps, chunk // M))
     out = []
     with torch.no_grad():

@@ -38,6 +38,15 @@ Score at fixed z: :math:`\partial_\mu \log q = (t - \rho)/\sigma`,
 For :math:`\alpha \gtrsim 8` every truncation term is below 1e-15: it is numerically the plain
 Normal, and elsewhere it stays exact.
 
+Normal on the real line (``gaussian``)
+--------------------------------------
+For a user's model, on its unconstrained space (Pyro's bijections to each site's support):
+:math:`n = \Phi^{-1}(\epsilon)`, :math:`z = \mu + \sigma n`,
+:math:`\log q(z) = -\log\sigma - \tfrac12\log 2\pi - \tfrac12 n^2`;
+:math:`\partial z/\partial\mu = 1`, :math:`\partial z/\partial\sigma = n`;
+score :math:`(n/\sigma, (n^2 - 1)/\sigma)`; :math:`\partial_z \log q = -n/\sigma`;
+:math:`H = \log\sigma + \tfrac12\log(2\pi e)`.
+
 LogNormal
 ---------
 :math:`n = \Phi^{-1}(\epsilon)`, :math:`z = e^{\mu + \sigma n}`,
@@ -222,7 +231,44 @@ class LogNormalFamily(Family):
         return torch.stack((torch.ones_like(mu), 1 / sigma), -1)
 
 
-FAMILIES: dict[str, Family] = {"normal": TruncatedNormalFamily(), "lognormal": LogNormalFamily()}
+class GaussianFamily(Family):
+    """Normal(loc, scale) on the real line per coordinate (a user model's unconstrained space)."""
+
+    name = "gaussian"
+
+    def sample(self, params, eps):
+        mu, sigma = _split(params, eps)
+        return mu + sigma * ndtri(eps)
+
+    def log_prob(self, params, z):
+        mu, sigma = _split(params, z)
+        n = (z - mu) / sigma
+        return -0.5 * n**2 - (torch.log(sigma) + _HALF_LOG_2PI)
+
+    def score(self, params, z):
+        mu, sigma = _split(params, z)
+        n = (z - mu) / sigma
+        return _stack2(n / sigma, (n**2 - 1) / sigma)
+
+    def dz_dparams(self, params, eps, z):
+        mu, sigma = _split(params, z)
+        return _stack2(torch.ones_like(z), (z - mu) / sigma)
+
+    def dlogq_dz(self, params, z):
+        mu, sigma = _split(params, z)
+        return -(z - mu) / sigma**2
+
+    def entropy(self, params):
+        _, sigma = _split(params)
+        return torch.log(sigma) + 0.5 + _HALF_LOG_2PI
+
+    def entropy_grad(self, params):
+        mu, sigma = _split(params)
+        return torch.stack((torch.zeros_like(mu), 1 / sigma), -1)
+
+
+FAMILIES: dict[str, Family] = {"normal": TruncatedNormalFamily(), "lognormal": LogNormalFamily(),
+                               "gaussian": GaussianFamily()}
 
 
 def get_family(name: str | Family) -> Family:
