@@ -65,7 +65,7 @@ def poisson_gamma_lab(model: PoissonGamma, family: str, point) -> Lab:
     return Lab(target, family, tuple(point), PARAM_NAMES, elbo, elbo_se, grad, grad_se, method)
 
 
-def user_lab(um, point_text: str | None, seed: int) -> Lab:
+def user_lab(um, point_text: str | None, seed: int, reference_samples: int = REFERENCE_SAMPLES) -> Lab:
     """The estimators on a user model's unconstrained space with the mean-field ``gaussian`` family."""
     from svilab.experiments.posterior_user import check_user_model
     from svilab.inference.potential import UnconstrainedTarget
@@ -76,7 +76,7 @@ def user_lab(um, point_text: str | None, seed: int) -> Lab:
     else:
         point = tuple(parse_floats(point_text, "--point", 2 * target.dim))
     names = tuple(f"{kind}[{n}]" for n in target.names for kind in ("loc", "scale"))
-    elbo, elbo_se, grad, grad_se, method = exact_reference(target, "gaussian", point, seed)
+    elbo, elbo_se, grad, grad_se, method = exact_reference(target, "gaussian", point, seed, reference_samples)
     if not (np.isfinite(grad).all() and math.isfinite(elbo)):
         raise ValueError("the ELBO or its gradient is not finite at --point: the guide puts mass where the model "
                          "has none (try smaller scales)")
@@ -276,8 +276,11 @@ def _common(p):
                         "family is 'gaussian', a Normal per coordinate of the model's unconstrained space")
     p.add_argument("--point", default=None, metavar="MU_U,SIGMA_U,MU_V,SIGMA_V",
                    help="guide parameters (default: the notebook's 5,0.5,1,0.2 for normal); with --model "
-                        "loc_1,scale_1,loc_2,scale_2,... per unconstrained coordinate (default: loc 0, scale 0.1, where AutoNormal starts)")
+                        "loc_1,scale_1,loc_2,scale_2,... per unconstrained coordinate (default: loc 0, scale 0.1, "
+                        "where AutoNormal starts)")
     p.add_argument("--reps", type=int, default=1000, help="repetitions per M")
+    p.add_argument("--reference-samples", type=int, default=REFERENCE_SAMPLES,
+                   help="with --model and more than 2 latent dims: samples behind the reference gradient")
     add_run_args(p)
 
 
@@ -313,7 +316,8 @@ def _main(args, command: str, run) -> int:
                 raise ValueError(f"--family {args.family} is for the Poisson-Gamma model; with --model the family "
                                  "is gaussian (a Normal per unconstrained coordinate)")
             _check_common(args.M, args.reps)
-            lab = user_lab(model, args.point, args.seed)
+            lab = user_lab(model, args.point, args.seed,
+                           positive_int(args.reference_samples, "--reference-samples", 128))
         else:
             if args.family == "gaussian":
                 raise ValueError("--family gaussian needs --model (the Poisson-Gamma latents are positive)")
