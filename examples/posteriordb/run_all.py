@@ -67,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(buf.getvalue())
         for m in result["methods"]:
             ratios = [q["sd_ratio"] for q in m["params"].values() if "sd_ratio" in q]
-            rows.append({"posterior": name, "method": m["name"], "max |mean error| (ref sd)": m["max_abs_mean_error_sd"],
-                         "sd ratio min": min(ratios), "sd ratio max": max(ratios), "Pareto k": m["pareto_k"],
-                         "warnings": len(m["warnings"]), "seconds": m["seconds"]})
+            rows.append({"posterior": name, "method": m["name"],
+                         "max |mean error| (ref sd)": m["max_abs_mean_error_sd"], "sd ratio min": min(ratios),
+                         "sd ratio max": max(ratios), "Pareto k": m["pareto_k"], "warnings": len(m["warnings"]),
+                         "seconds": m["seconds"]})
         print(f"{name}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     table = pd.DataFrame(rows).set_index(["posterior", "method"])
     out.mkdir(parents=True, exist_ok=True)
