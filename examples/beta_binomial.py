@@ -84,10 +84,11 @@ def compare(steps: int = 1500, nuts_samples: int = 500, nuts_chains: int = 4, se
                      seed=seed, progress=progress)
         elbo = elbo_estimate(model, guide, *args, num_samples=100_000, seed=seed + 1)
         methods.append(MethodResult(name, guide_inference_data(model, guide, *args, num_samples=4000, seed=seed + 2),
-                                    elbo=elbo.value, elbo_se=elbo.se, seconds=result.seconds))
+                                    elbo=elbo.value, elbo_se=elbo.se, seconds=result.seconds,
+                                    pareto_k=elbo.pareto_k))
     nuts = run_nuts(model, *args, num_samples=nuts_samples, warmup_steps=300, num_chains=nuts_chains, seed=seed,
                     progress=progress)
-    methods.append(MethodResult("nuts", mcmc_inference_data(nuts.mcmc), seconds=nuts.seconds))
+    methods.append(MethodResult("nuts", mcmc_inference_data(nuts), seconds=nuts.seconds))
     mean, sd = beta_moments(a, b)
     table = comparison_table(methods, reference={"p": (mean, sd)}, log_evidence=log_evidence)
     return table, {m.name: m.idata for m in methods}, {"alpha": a, "beta": b, "log_evidence": log_evidence,

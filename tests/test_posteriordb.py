@@ -10,7 +10,7 @@ import numpy as np
 import pyro
 import pytest
 
-from svilab.experiments.posterior_user import USER_SVI, check_user_model, fit_user_guide
+from svilab.experiments.posterior_user import USER_SVI, check_user_model, fit_user_guide, laplace_start
 from svilab.inference.draws import flat_draws
 from svilab.inference.mcmc import run_nuts
 from svilab.inference.reference import read_reference, worst_mean_error
@@ -54,15 +54,17 @@ def test_nuts_matches_reference_draws(example):
 @pytest.mark.slow
 @pytest.mark.parametrize("example", list(POSTERIORS))
 def test_guides_are_close_or_warn(example):
-    config = {"init": "uniform", "loss": "trace_elbo", "alpha": None, "seed": 0, "elbo_samples": 4000,
+    config = {"init": "laplace", "loss": "trace_elbo", "alpha": None, "seed": 0, "elbo_samples": 4000,
               "draws": 2000}
     with float64_default():
         um, ref = load(example)
         sites = check_user_model(um)
+        start = laplace_start(um, sites)
+        assert start[1].ok, start[1].message  # every shared posterior has a usable mode
         for name in ("lognormal", "mvn"):
             pyro.clear_param_store()
             cfg = dict(USER_SVI["default"], steps=1500)
-            method, _ = fit_user_guide(um, name, cfg, config, sites)
+            method, _ = fit_user_guide(um, name, cfg, config, sites, start)
             worst = worst_mean_error(method.compare(ref))
             assert worst < 0.3 or method.warnings, (name, worst)
             assert np.isfinite(method.elbo) and method.pareto_k is not None

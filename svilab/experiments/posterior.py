@@ -20,7 +20,14 @@ import pyro.distributions as dist
 import torch
 
 from svilab.experiments.common import Reporter, add_model_args, add_run_args, model_from_args, run_folder
-from svilab.experiments.posterior_user import DEFAULT_GUIDES, USER_SVI, check_user_model, parameter_names, run_user
+from svilab.experiments.posterior_user import (
+    DEFAULT_GUIDES,
+    USER_LR,
+    USER_SVI,
+    check_user_model,
+    parameter_names,
+    run_user,
+)
 from svilab.experiments.runs import RunFolder
 from svilab.guides import GUIDES, JIT_GUIDES, PositiveNormal, guide_name, make_guide
 from svilab.inference.cavi import GammaFactor, cavi
@@ -247,9 +254,10 @@ def register(sub) -> None:
                    help=f"guides to fit, from: {', '.join(GUIDES)} (default: all for the Poisson-Gamma model; "
                         f"{' '.join(DEFAULT_GUIDES)} for --model)")
     g.add_argument("--init", default=None, metavar="NAME",
-                   help=f"initial values for guides and NUTS, from: {', '.join(INIT_STRATEGIES)} (default: uniform, "
-                        "Stan's Uniform(-2, 2) on the unconstrained scale, for --model; each guide's own for the "
-                        "Poisson-Gamma model)")
+                   help=f"initial values, from: laplace, {', '.join(INIT_STRATEGIES)}. laplace (the default for "
+                        "--model): guides start at the Laplace approximation (L-BFGS mode and Hessian on the "
+                        "unconstrained space; Stan's uniform init where there is no usable mode) and NUTS from "
+                        "uniform, Stan's Uniform(-2, 2) on the unconstrained scale. Poisson-Gamma: each guide's own")
     g.add_argument("--max-error", type=float, default=0.5,
                    help="with --reference: warn when a mean is more than this many reference sds off")
     g.add_argument("--nuts", action="store_true", help="also run NUTS (the MCMC reference)")
@@ -263,7 +271,7 @@ def register(sub) -> None:
                         f"{USER_SVI['default']['particles']}, {USER_SVI['flow']['particles']} for the flow)")
     g.add_argument("--lr", type=float, default=None,
                    help="initial Adam learning rate, decayed 40x over the run (default: 0.02; 0.03 for the flow; "
-                        f"--model: {USER_SVI['default']['lr']}, {USER_SVI['flow']['lr']} for the flow)")
+                        f"--model: {USER_LR['laplace']} after a Laplace start, {USER_LR['other']} otherwise)")
     g.add_argument("--draws", type=int, default=4000, help="posterior draws per guide for moments and ArviZ")
     g.add_argument("--elbo-samples", type=int, default=100_000, help="Monte Carlo samples for the final ELBO")
     g.add_argument("--nuts-samples", type=int, default=500, help="NUTS draws per chain")
@@ -298,12 +306,14 @@ def config_from_args(args: argparse.Namespace, model) -> dict:
         raise ValueError(f"--alpha applies to --loss renyi only, not to {loss}")
     init = args.init
     if init is not None:
-        init = choice(init, list(INIT_STRATEGIES), "--init")
+        init = choice(init, ["laplace", *INIT_STRATEGIES], "--init")
+        if init == "laplace" and not user:
+            raise ValueError("--init laplace needs --model (the Poisson-Gamma guides have their own starts)")
     if args.reference is not None and not user:
         raise ValueError("--reference needs --model (the Poisson-Gamma model is compared with its exact posterior)")
     if user:
         extra = {"reference": args.reference, "max_error": positive(args.max_error, "--max-error"),
-                 "init": init or "uniform"}
+                 "init": init or "laplace"}
     else:
         extra = {"init": init}
     return {"command": "posterior", "guides": guides, "loss": loss, "alpha": args.alpha, "seed": args.seed,

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pyro
+import torch
 
 from svilab.experiments.common import Reporter
 from svilab.experiments.runs import RunFolder
@@ -45,9 +47,15 @@ from svilab.models.user import UserModel, float64_default
 
 #: guides fitted by default to a user's model (the hand-written positive guides need positive sites)
 DEFAULT_GUIDES = ["lognormal", "mvn", "flow"]
-#: SVI schedule for user models (lr decays 40x over the run)
-USER_SVI = {"flow": {"steps": 3000, "particles": 32, "lr": 0.03},
-            "default": {"steps": 3000, "particles": 16, "lr": 0.05}}
+#: SVI schedule for user models (lr decays 40x over the run; None: :data:`USER_LR`)
+USER_SVI = {"flow": {"steps": 3000, "particles": 32, "lr": None},
+            "default": {"steps": 3000, "particles": 16, "lr": None}}
+#: initial learning rate when none is given: small after a Laplace start (the guide starts near the
+#: posterior and Adam's steps of ~lr per coordinate must stay below the posterior sds), larger from
+#: a random start (the guide must travel)
+USER_LR = {"laplace": 0.01, "other": 0.05}
+#: guides that can start at a Laplace approximation (the others keep their own init)
+LAPLACE_GUIDES = frozenset({"lognormal", "mvn", "flow"})
 
 
 def parameter_names(sites) -> set[str]:
@@ -56,15 +64,47 @@ def parameter_names(sites) -> set[str]:
     return set(flat_draws({k: np.zeros((1, *shape)) for k, shape in shapes.items()}))
 
 
-def fit_user_guide(um: UserModel, name: str, cfg: dict, config: dict, sites) -> tuple[MethodResult, np.ndarray]:
-    """Fit one guide to the user's model and evaluate it (ELBO, Pareto k, draws, warnings)."""
+def laplace_start(um: UserModel, sites, reporter: Reporter | None = None):
+    """The Laplace approximation the guides start from (:mod:`svilab.inference.laplace`), found from the
+    centre of the unconstrained space; ``ok`` False when there is no usable mode."""
+    from svilab.inference.laplace import laplace
+    from svilab.inference.potential import UnconstrainedTarget
+
+    target = UnconstrainedTarget(um.model, sites)
+    t0 = time.perf_counter()
+    try:
+        approx = laplace(target, torch.zeros(target.dim, dtype=torch.float64))
+    except (RuntimeError, ValueError) as exc:  # a model the Hessian cannot go through
+        from svilab.inference.laplace import LaplaceApproximation
+
+        approx = LaplaceApproximation(torch.zeros(target.dim), None, None, False, f"failed: {exc}")
+    if reporter is not None:
+        reporter.say(f"Laplace start: {approx.message} ({time.perf_counter() - t0:.2f} s)" if approx.ok else
+                     f"Laplace start not usable ({approx.message}): guides start from Stan's uniform init")
+    return target, approx
+
+
+def fit_user_guide(um: UserModel, name: str, cfg: dict, config: dict, sites, start=None
+                   ) -> tuple[MethodResult, np.ndarray]:
+    """Fit one guide to the user's model and evaluate it (ELBO, Pareto k, draws, warnings).
+
+    ``start``: ``(target, LaplaceApproximation)`` from :func:`laplace_start` when ``config["init"]`` is
+    ``laplace``; guides in :data:`LAPLACE_GUIDES` start there when it is usable."""
     pyro.clear_param_store()
-    guide = make_guide(name, um.model, init=config["init"])
+    use_laplace = config["init"] == "laplace" and start is not None and start[1].ok and name in LAPLACE_GUIDES
+    guide = make_guide(name, um.model, init="uniform" if config["init"] == "laplace" else config["init"])
+    if use_laplace:
+        from svilab.inference.laplace import start_guide_at
+
+        with pyro.poutine.block(), torch.no_grad():
+            guide()
+        start_guide_at(guide, start[1], start[0])
+    lr = cfg["lr"] if cfg["lr"] is not None else USER_LR["laplace" if use_laplace else "other"]
     jit = name in JIT_GUIDES and config["loss"] != "renyi"
     warns = []
     try:
         result = fit(um.model, guide, loss=config["loss"], alpha=config["alpha"], steps=cfg["steps"],
-                     num_particles=cfg["particles"], lr=cfg["lr"], lr_final=cfg["lr"] / 40, jit=jit,
+                     num_particles=cfg["particles"], lr=lr, lr_final=lr / 40, jit=jit,
                      max_plate_nesting=sites.max_plate_nesting, seed=config["seed"], description=f"SVI {name}")
         history, seconds, steps_done = result.history, result.seconds, result.steps_done
         warns += convergence_warnings(history, steps_done)
@@ -79,7 +119,9 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: dict, sites) -> 
     method = MethodResult(name, idata, elbo=elbo.value, elbo_se=elbo.se,
                           elbo_method=f"Monte Carlo (n={elbo.num_samples})", seconds=seconds,
                           pareto_k=elbo.pareto_k, warnings=warns,
-                          extra={"steps": steps_done, "particles": cfg["particles"], "lr": cfg["lr"],
+                          extra={"steps": steps_done, "particles": cfg["particles"], "lr": lr,
+                                 "start": "laplace" if use_laplace else
+                                 ("uniform" if config["init"] == "laplace" else config["init"]),
                                  "final_loss": float(np.mean(history[-max(1, len(history) // 10):]))
                                  if len(history) else None})
     return method, history
@@ -87,8 +129,9 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: dict, sites) -> 
 
 def run_user_nuts(um: UserModel, config: dict, sites) -> MethodResult:
     n = config["nuts_settings"]
+    init = "uniform" if config["init"] == "laplace" else config["init"]  # NUTS adapts from Stan's init
     res = run_nuts(um.model, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"], num_chains=n["num_chains"],
-                   seed=config["seed"], init=config["init"], max_plate_nesting=sites.max_plate_nesting)
+                   seed=config["seed"], init=init, max_plate_nesting=sites.max_plate_nesting)
     idata = mcmc_inference_data(res)
     s = summary(idata)
     divergences = int(idata.sample_stats["diverging"].values.sum())
@@ -124,9 +167,9 @@ def figure_marginals(methods: list[MethodResult], reference_draws: dict[str, np.
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=9)
-    fig.suptitle("Posterior marginals: each method (colours) and the reference draws (black)", y=1.03)
+    fig.suptitle("Posterior marginals: each method (colours) and the reference draws (black)")
     fig.tight_layout()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels), fontsize=9)
     return fig
 
 
@@ -194,14 +237,15 @@ def _run_user(um: UserModel, folder: RunFolder, reporter: Reporter, config: dict
                  + f"; observed {', '.join(sites.observed) or 'none'}")
     methods, histories = [], {}
     (folder.path / "inference_data").mkdir(exist_ok=True)
+    start = laplace_start(um, sites, reporter) if config["init"] == "laplace" and config["guides"] else None
     for name in config["guides"]:
         cfg = config["svi"][name]
-        method, history = fit_user_guide(um, name, cfg, config, sites)
+        method, history = fit_user_guide(um, name, cfg, config, sites, start)
         methods.append(method)
         histories[name] = history
         reporter.say(f"fitted {name:9s} in {method.seconds:6.2f} s ({method.extra['steps']} steps x "
-                     f"{cfg['particles']} particles, lr {cfg['lr']:g}): ELBO {method.elbo:.4f} "
-                     f"+- {method.elbo_se:.4f}, Pareto k {method.pareto_k:.2f}")
+                     f"{cfg['particles']} particles, lr {method.extra['lr']:g}, start {method.extra['start']}): "
+                     f"ELBO {method.elbo:.4f} +- {method.elbo_se:.4f}, Pareto k {method.pareto_k:.2f}")
     if config["nuts"]:
         n = config["nuts_settings"]
         nuts = run_user_nuts(um, config, sites)
@@ -220,7 +264,9 @@ def _run_user(um: UserModel, folder: RunFolder, reporter: Reporter, config: dict
     title = f"Posterior approximations of {um.name}" + (f" vs the reference draws ({reference.num_draws})"
                                                         if reference is not None else "")
     reporter.table(title, table.drop(columns=["warnings"]))
-    reporter.table("Per parameter" + (" (mean error in reference sds, sd ratio)" if reference else ""), params)
+    shown = params if reference is None else params[params.index.get_level_values("parameter").isin(reference.names)]
+    reporter.table("Per parameter" + (" (mean error in reference sds, sd ratio; all parameters in parameters.csv)"
+                                      if reference else ""), shown)
     for m in methods:
         folder.write_table(f"summary_{m.name}", summary(m.idata))
         m.idata.to_netcdf(folder.path / "inference_data" / f"{m.name}.nc")
@@ -243,4 +289,5 @@ def _run_user(um: UserModel, folder: RunFolder, reporter: Reporter, config: dict
             "methods": [method_json(m, reference) for m in methods]}
 
 
-__all__ = ["DEFAULT_GUIDES", "USER_SVI", "check_user_model", "parameter_names", "run_user"]
+__all__ = ["DEFAULT_GUIDES", "LAPLACE_GUIDES", "USER_LR", "USER_SVI", "check_user_model", "laplace_start",
+           "parameter_names", "run_user"]

@@ -50,34 +50,16 @@ class ELBOEstimate:
     pareto_k: float = math.nan
 
 
-def log_weights(model, guide, *args, num_samples: int = 10_000, chunk: int = 50_000, seed: int | None = None,
-                **kwargs) -> torch.Tensor:
-    r""":math:`\log p(x, z_s) - \log q(z_s)` for ``num_samples`` draws :math:`z_s \sim q`
-    (:func:`svilab.inference.draws.importance_log_weights`, Pyro's vectorized importance weights)."""
-    return importance_log_weights(model, guide, *args, num_samples=num_samples, chunk=chunk, seed=seed, **kwargs)
-
-
 def elbo_estimate(model, guide, *args, num_samples: int = 100_000, seed: int | None = None, **kwargs) -> ELBOEstimate:
     """Monte Carlo ELBO of ``guide`` with its standard error and Pareto k-hat (module docstring).
 
     :raises ValueError: ``num_samples < 2`` (no standard error), or a non-finite weight.
     """
     num_samples = positive_int(num_samples, "num_samples (ELBO samples)", minimum=2)
-    w = log_weights(model, guide, *args, num_samples=num_samples, seed=seed, **kwargs)
+    w = importance_log_weights(model, guide, *args, num_samples=num_samples, seed=seed, **kwargs)
     if not torch.isfinite(w).all():
         raise ValueError("the ELBO estimate is not finite: the guide puts mass where the model has none")
     return ELBOEstimate(float(w.mean()), float(w.std() / math.sqrt(len(w))), len(w), pareto_k(w))
-
-
-def guide_samples(model, guide, *args, num_samples: int = 4000, seed: int | None = None,
-                  **kwargs) -> dict[str, np.ndarray]:
-    """Draws of every latent site from ``guide``: ``{name: array of shape (num_samples, *site_shape)}``."""
-    return guide_draws(model, guide, *args, num_samples=num_samples, seed=seed, **kwargs).latent
-
-
-def pointwise_log_likelihood(model, samples: Mapping[str, np.ndarray], *args, **kwargs) -> dict[str, np.ndarray]:
-    """:math:`\\log p(x_i \\mid z_s)` of each observed data site: ``{name: (S, *obs_shape)}``."""
-    return replay_draws(model, samples, *args, **kwargs).log_likelihood
 
 
 def draws_inference_data(draws: Draws, sites: ModelSites, chains: int = 1, method: str = "",
@@ -129,8 +111,13 @@ def mcmc_inference_data(run, *args, **kwargs) -> az.InferenceData:
     return draws_inference_data(draws, sites, chains, "NUTS (pyro.infer.MCMC)", {"diverging": diverging})
 
 
-def summary(idata: az.InferenceData, var_names: Sequence[str] | None = None, kind: str = "all") -> pd.DataFrame:
-    """``az.summary`` without rounding (means, sds, HDI, MCSE, ESS, R-hat)."""
+def summary(idata: az.InferenceData, var_names: Sequence[str] | None = None, kind: str | None = None) -> pd.DataFrame:
+    """``az.summary`` without rounding: means, sds, HDI, and for MCMC (2+ chains) MCSE, ESS and R-hat.
+
+    For one chain of independent variational draws (:func:`guide_inference_data`) only the
+    statistics: R-hat and ESS describe Markov chains, not a guide (its diagnostic is Pareto k-hat)."""
+    if kind is None:
+        kind = "all" if idata.posterior.sizes.get("chain", 1) > 1 else "stats"
     return az.summary(idata, var_names=list(var_names) if var_names else None, kind=kind, round_to="none")
 
 

@@ -133,7 +133,7 @@ def fit(model, guide, *args, loss="trace_elbo", optimizer: pyro.optim.PyroOptim 
         stop_tol = positive(stop_tol, "stop_tol")
     if isinstance(loss, str):
         if max_plate_nesting is None:  # read it off one trace instead of letting Pyro guess
-            from svilab.inference.summaries import model_sites
+            from svilab.inference.sites import model_sites
 
             max_plate_nesting = model_sites(model, *args, **kwargs).max_plate_nesting
         loss_fn = make_loss(loss, num_particles=num_particles, vectorize_particles=vectorize_particles,
