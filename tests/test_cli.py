@@ -116,7 +116,8 @@ def test_posterior_json_keys_and_files(tmp_path, capsys):
             "--nuts", "--nuts-samples", "100", "--nuts-warmup", "100", "--chains", "2", "--draws", "1000",
             "--elbo-samples", "20000"]
     assert main(argv) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     assert out["log_evidence"] == pytest.approx(-24.689867112868, abs=1e-9)
     assert [m["name"] for m in out["methods"]] == ["gamma", "mvn", "nuts"]
     for m in out["methods"]:
@@ -126,6 +127,9 @@ def test_posterior_json_keys_and_files(tmp_path, capsys):
     assert nuts["elbo"] is None and nuts["kl"] is None
     assert gamma["kl"] == pytest.approx(out["log_evidence"] - gamma["elbo"])
     assert mvn["kl"] < 0.3 < gamma["kl"] and mvn["corr"] < -0.7 and abs(gamma["corr"]) < 0.1
+    # a mean-field guide on a posterior with corr -0.82 is never reported silently
+    assert gamma["pareto_k"] > 0.7 and any("Pareto k-hat" in w for w in gamma["warnings"])
+    assert "warning: gamma: Pareto k-hat" in captured.err
     for f in ("config.json", "results.json", "comparison.csv", "comparison.md", "summary_gamma.csv",
               "summary_nuts.md", "posterior_joint.png", "posterior_marginals.png", "svi_loss.png", "nuts_trace.png",
               "inference_data/mvn.nc"):

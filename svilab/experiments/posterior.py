@@ -25,13 +25,16 @@ from svilab.experiments.posterior_user import (
     USER_LR,
     USER_SVI,
     check_user_model,
+    nuts_method,
     parameter_names,
+    report_warnings,
     run_user,
 )
 from svilab.experiments.runs import RunFolder
 from svilab.guides import GUIDES, JIT_GUIDES, PositiveNormal, guide_name, make_guide
 from svilab.inference.cavi import GammaFactor, cavi
 from svilab.inference.cavi import elbo as gamma_elbo
+from svilab.inference.diagnostics import convergence_warnings, pareto_k_warnings
 from svilab.inference.exact import ExactPosterior
 from svilab.inference.init import INIT_STRATEGIES
 from svilab.inference.losses import LOSSES, loss_name
@@ -42,7 +45,6 @@ from svilab.inference.summaries import (
     comparison_table,
     elbo_estimate,
     guide_inference_data,
-    mcmc_inference_data,
     summary,
 )
 from svilab.inference.svi import fit
@@ -108,7 +110,8 @@ def fit_guide(model: PoissonGamma, name: str, loss: str, alpha: float | None, cf
     mc = elbo_estimate(model.model, guide, num_samples=n_elbo, seed=seed + 1)
     exact_value = exact_guide_elbo(model, guide)
     idata = guide_inference_data(model.model, guide, num_samples=n_draws, seed=seed + 2)
-    method = MethodResult(name, idata, seconds=result.seconds,
+    warns = pareto_k_warnings(mc.pareto_k) + convergence_warnings(result.history, result.steps_done)
+    method = MethodResult(name, idata, seconds=result.seconds, pareto_k=mc.pareto_k, warnings=warns,
                           extra={"steps": result.steps_done, "particles": cfg["particles"], "lr": cfg["lr"],
                                  "elbo_mc": mc.value, "elbo_mc_se": mc.se, "final_loss": result.final_loss})
     if exact_value is not None:
@@ -203,7 +206,7 @@ def run(model: PoissonGamma, folder: RunFolder, reporter: Reporter, config: dict
         n = config["nuts_settings"]
         res = run_nuts(model.model, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"],
                        num_chains=n["num_chains"], seed=config["seed"], init=config.get("init") or "uniform")
-        methods.append(MethodResult("nuts", mcmc_inference_data(res), seconds=res.seconds))
+        methods.append(nuts_method(res))
         reporter.say(f"NUTS: {n['num_chains']} chains x {n['num_samples']} draws in {res.seconds:.1f} s")
 
     exact_row = MethodResult("exact", elbo=log_evidence, elbo_se=0.0, elbo_method="quadrature (log p(x))",
@@ -230,13 +233,15 @@ def run(model: PoissonGamma, folder: RunFolder, reporter: Reporter, config: dict
 
         axes = az.plot_trace(methods[-1].idata, var_names=["u", "v"])
         folder.save_figure(axes.ravel()[0].figure, "nuts_trace")
+    report_warnings(methods, reporter)
 
     def row(m: MethodResult) -> dict:
         ms = m.mean_sd()
         return {"name": m.name, "elbo": m.elbo, "elbo_se": m.elbo_se,
                 "kl": None if m.elbo is None else log_evidence - m.elbo,
                 "u": {"mean": ms["u"][0], "sd": ms["u"][1]}, "v": {"mean": ms["v"][0], "sd": ms["v"][1]},
-                "corr": m.correlation(("u", "v")), "seconds": m.seconds, **({"details": m.extra} if m.extra else {})}
+                "corr": m.correlation(("u", "v")), "seconds": m.seconds, "pareto_k": m.pareto_k,
+                "warnings": m.warnings, **({"details": m.extra} if m.extra else {})}
 
     return {"log_evidence": log_evidence, "methods": [row(m) for m in methods],
             "exact": row(exact_row), "cavi": row(cavi_row)}

@@ -132,6 +132,12 @@ def run_user_nuts(um: UserModel, config: dict, sites) -> MethodResult:
     init = "uniform" if config["init"] == "laplace" else config["init"]  # NUTS adapts from Stan's init
     res = run_nuts(um.model, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"], num_chains=n["num_chains"],
                    seed=config["seed"], init=init, max_plate_nesting=sites.max_plate_nesting)
+    return nuts_method(res)
+
+
+def nuts_method(res) -> MethodResult:
+    """The comparison row of a finished NUTS run, with its divergences, R-hat and ESS as warnings."""
+    n = res.config
     idata = mcmc_inference_data(res)
     s = summary(idata)
     divergences = int(idata.sample_stats["diverging"].values.sum())
@@ -192,6 +198,15 @@ def figure_losses(histories: dict[str, np.ndarray], loss: str):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def report_warnings(methods: list[MethodResult], reporter: Reporter) -> None:
+    """Every diagnostic that failed, one line each on stderr whatever the output mode."""
+    for m in methods:
+        for w in m.warnings:
+            print(f"warning: {m.name}: {w}", file=sys.stderr)
+    if not any(m.warnings for m in methods):
+        reporter.say("\nNo warnings: every diagnostic passed.")
 
 
 def method_json(m: MethodResult, reference: Reference | None) -> dict:
@@ -270,11 +285,7 @@ def _run_user(um: UserModel, folder: RunFolder, reporter: Reporter, config: dict
     for m in methods:
         folder.write_table(f"summary_{m.name}", summary(m.idata))
         m.idata.to_netcdf(folder.path / "inference_data" / f"{m.name}.nc")
-    for m in methods:  # every problem, on stderr whatever the output mode
-        for w in m.warnings:
-            print(f"warning: {m.name}: {w}", file=sys.stderr)
-    if not any(m.warnings for m in methods):
-        reporter.say("\nNo warnings: every diagnostic passed.")
+    report_warnings(methods, reporter)
     shown = [n for n in names if reference is None or n in reference.mean] or names
     folder.save_figure(figure_marginals(methods, reference.draws if reference is not None else None, shown),
                        "posterior_marginals")
@@ -290,4 +301,4 @@ def _run_user(um: UserModel, folder: RunFolder, reporter: Reporter, config: dict
 
 
 __all__ = ["DEFAULT_GUIDES", "LAPLACE_GUIDES", "USER_LR", "USER_SVI", "check_user_model", "laplace_start",
-           "parameter_names", "run_user"]
+           "nuts_method", "parameter_names", "report_warnings", "run_user"]

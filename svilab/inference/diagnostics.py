@@ -6,7 +6,7 @@ stderr, so a bad posterior is never reported silently.
 * :func:`pareto_k` — Yao, Vehtari, Simpson and Gelman (2018), "Yes, but did it work?": fit a
   generalized Pareto distribution to the largest importance ratios :math:`w_s = p(x, z_s)/q(z_s)`,
   :math:`z_s \sim q`. :math:`\hat k < 0.5`: the guide is close to the posterior; :math:`0.5 \le
-  \hat k < 0.7`: usable for means, sds are suspect; :math:`\hat k \ge 0.7`: the guide misses much of
+  \hat k < 0.7`: usable for means, sds are suspect; :math:`\hat k \ge 0.7`: the guide misses part of
   the posterior and its summaries cannot be trusted. The tail rule and the fit are Pyro's
   (:func:`pyro.infer.importance.psis_diagnostic`, :func:`pyro.ops.stats.fit_generalized_pareto`),
   applied to log-weights computed once for the ELBO as well (the tests check the two agree).
@@ -59,8 +59,8 @@ def pareto_k_warnings(k: float) -> list[str]:
         return ["Pareto k-hat could not be computed (non-finite importance weights): the guide puts mass "
                 "where the model has none"]
     if k >= K_BAD:
-        return [f"Pareto k-hat = {k:.2f} >= {K_BAD}: the guide misses much of the posterior; its means and "
-                "sds cannot be trusted (Yao et al. 2018)"]
+        return [f"Pareto k-hat = {k:.2f} >= {K_BAD}: the weights p/q are heavy-tailed, the guide has much "
+                "lighter tails than the posterior somewhere; its summaries are not certified (Yao et al. 2018)"]
     if k >= K_GOOD:
         return [f"Pareto k-hat = {k:.2f} in [{K_GOOD}, {K_BAD}): the guide is a rough fit; its sds may be off"]
     return []
