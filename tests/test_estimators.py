@@ -117,7 +117,7 @@ def test_exact_elbo_against_scipy_dblquad_and_finite_differences():
         assert grad[k].item() == pytest.approx(fd, rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.parametrize("family, point", POINTS)
+@pytest.mark.parametrize("family, point", [*POINTS, ("gaussian", (0.3, 0.7, -1.0, 0.2))])
 def test_hand_written_derivatives_match_autograd(family, point):
     fam = get_family(family)
     p = check_params(point).requires_grad_(True)
