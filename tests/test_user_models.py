@@ -278,3 +278,27 @@ def test_replay_draws_match_guide_draws(f64):
     r = replay_draws(regression, d.latent, X, y, chunk=100)
     np.testing.assert_allclose(r.deterministic["slope_x2"], d.deterministic["slope_x2"])
     np.testing.assert_allclose(r.log_likelihood["y"], d.log_likelihood["y"], rtol=1e-12)
+
+
+def test_a_model_that_does_not_vectorize_is_told_how_to_fix_it(f64):
+    from svilab.inference.draws import VectorizationError
+
+    X, y = regression_data()
+
+    def matmul_model(X, y):
+        beta = pyro.sample("beta", dist.Normal(0.0, 10.0).expand([2]).to_event(1))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(X @ beta, 0.5), obs=y)
+
+    guide = make_guide("mvn", matmul_model, init="feasible")
+    with pytest.raises(VectorizationError, match=r"\(X \* beta\)\.sum\(-1\) instead of X @ beta"):
+        guide_draws(matmul_model, guide, X, y, num_samples=10)
+
+    def bad_rate_model():
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        rate = torch.where(z == 0, 1.0, torch.nan)  # fine at the init point (0), invalid on every draw
+        pyro.sample("x", dist.Poisson(rate), obs=torch.tensor(1.0))
+
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="failed: Expected parameter rate") as err:
+        guide_draws(bad_rate_model, make_guide("lognormal", bad_rate_model), num_samples=10)
+    assert not isinstance(err.value, VectorizationError)

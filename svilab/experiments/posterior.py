@@ -47,7 +47,7 @@ from svilab.inference.summaries import (
     guide_inference_data,
     summary,
 )
-from svilab.inference.svi import fit
+from svilab.inference.svi import DivergenceError, fit
 from svilab.models.poisson_gamma import PoissonGamma
 from svilab.models.user import UserModel, float64_default
 from svilab.validation import choice, positive, positive_int
@@ -101,16 +101,20 @@ def fit_guide(model: PoissonGamma, name: str, loss: str, alpha: float | None, cf
     threads = torch.get_num_threads()
     if jit:  # compiled small-tensor steps: one thread avoids the threading overhead (the flow gains from two)
         torch.set_num_threads(1)
+    diverged = []
     try:
         result = fit(model.model, guide, loss=loss, alpha=alpha, steps=cfg["steps"], num_particles=cfg["particles"],
                      lr=cfg["lr"], lr_final=cfg["lr"] / 40, jit=jit, max_plate_nesting=1, seed=seed,
                      description=f"SVI {name}")
+    except DivergenceError as exc:  # keep the last finite parameters and say so, as for --model
+        result = exc.result
+        diverged = [f"diverged: {exc}; results are from the last finite parameters"]
     finally:
         torch.set_num_threads(threads)
     mc = elbo_estimate(model.model, guide, num_samples=n_elbo, seed=seed + 1)
     exact_value = exact_guide_elbo(model, guide)
     idata = guide_inference_data(model.model, guide, num_samples=n_draws, seed=seed + 2)
-    warns = pareto_k_warnings(mc.pareto_k) + convergence_warnings(result.history, result.steps_done)
+    warns = pareto_k_warnings(mc.pareto_k) + diverged + convergence_warnings(result.history, result.steps_done)
     method = MethodResult(name, idata, seconds=result.seconds, pareto_k=mc.pareto_k, warnings=warns,
                           extra={"steps": result.steps_done, "particles": cfg["particles"], "lr": cfg["lr"],
                                  "elbo_mc": mc.value, "elbo_mc_se": mc.se, "final_loss": result.final_loss})

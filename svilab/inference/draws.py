@@ -72,7 +72,16 @@ def _strip(value: torch.Tensor, n: int, shape: tuple[int, ...], name: str) -> to
     return value.expand((n,) + tuple(shape))
 
 
-def _vectorization_error(exc: Exception, n: int, nesting: int) -> VectorizationError:
+_SHAPE_WORDS = ("size of tensor", "shape", "broadcast", "dimension", "mat1 and mat2", "index")
+
+
+def _vectorization_error(exc: Exception, n: int, nesting: int) -> ValueError:
+    """A shape error means the model does not vectorize; anything else (invalid distribution
+    parameters, NaN) is reported as what it is."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if not any(w in first.lower() for w in _SHAPE_WORDS) or "constraint" in first:
+        return ValueError(f"evaluating the model on draws of the posterior approximation failed: {first} (a guide "
+                          "whose parameters ran away gives this: try a smaller --lr)")
     return VectorizationError(
         f"the model could not be evaluated on {n} draws at once (a particle plate at dim {-(nesting + 1)}): "
         "write it so that latent values may carry extra batch dims on the left, e.g. (X * beta).sum(-1) "
