@@ -187,7 +187,8 @@ def run_gradients(lab: Lab, estimators, Ms, reps: int, seed: int, folder: RunFol
                    eff, floatfmt=".3g")
     if boxplots:
         for name in estimators:
-            folder.save_figure(_boxplots(name, Ms, draws, exact_grad, reps, names), f"boxplots_{name}")
+            folder.save_figure(_boxplots(name, Ms, draws, exact_grad, reps, names,
+                                         "exact gradient" if quad else "reference gradient"), f"boxplots_{name}")
     folder.save_figure(_variance_plot(long, estimators, names), "variance_vs_M")
     exact_json = {"elbo": exact_elbo, "grad": dict(zip(names, exact_grad.tolist(), strict=True))}
     if not quad:
@@ -217,7 +218,7 @@ def _notebook_table(sub: pd.DataFrame, names=PARAM_NAMES) -> pd.DataFrame:
 MAX_FIGURE_PARAMS = 8
 
 
-def _boxplots(name, Ms, draws, exact_grad, reps, names=PARAM_NAMES):
+def _boxplots(name, Ms, draws, exact_grad, reps, names=PARAM_NAMES, label="exact gradient"):
     shown = list(names)[:MAX_FIGURE_PARAMS]
     cols = 2
     rows = math.ceil(len(shown) / cols)
@@ -227,7 +228,7 @@ def _boxplots(name, Ms, draws, exact_grad, reps, names=PARAM_NAMES):
     for k, pname in enumerate(shown):
         ax = axes[layout[k]]
         ax.boxplot([draws[name, M][:, k] for M in Ms], positions=range(1, len(Ms) + 1), showfliers=False)
-        ax.axhline(exact_grad[k], color="tab:red", lw=1.2, label="exact gradient")
+        ax.axhline(exact_grad[k], color="tab:red", lw=1.2, label=label)
         ax.set_xticks(range(1, len(Ms) + 1), [str(M) for M in Ms])
         ax.set_xlabel("M (samples per estimate)")
         ax.set_ylabel(f"dELBO / d{pname}")
@@ -238,7 +239,7 @@ def _boxplots(name, Ms, draws, exact_grad, reps, names=PARAM_NAMES):
             axes[idx].axis("off")
     more = f"; first {len(shown)} of {len(names)} parameters" if len(shown) < len(names) else ""
     fig.suptitle(f"{name}: gradient estimates over {reps} repetitions (whiskers 1.5 IQR, outliers hidden{more})")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     return fig
 
 
