@@ -104,6 +104,19 @@ def _collect(model_trace, sites: ModelSites, n: int, out: dict[str, dict[str, li
         out[group].setdefault(name, []).append(_strip(value, n, tuple(shape), name)[:keep])
 
 
+def conditioned_trace(model, sites: ModelSites, values: Mapping[str, torch.Tensor], n: int, *args, **kwargs):
+    """Trace ``model`` conditioned on ``n`` values of every latent site at once (``{site: (n, *shape)}``),
+    inside a particle plate at ``dim = -(max_plate_nesting + 1)``; each value is laid out as
+    ``(n, 1, ..., 1, *shape)`` so its batch dims line up with the model's plates."""
+    nesting = sites.max_plate_nesting
+    data = {}
+    for name, s in sites.latent.items():
+        pad = max(nesting - len(s.batch_shape), 0)
+        data[name] = values[name].reshape((n,) + (1,) * pad + tuple(s.shape))
+    with pyro.plate("_draws", n, dim=-(nesting + 1)):
+        return poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+
+
 def _numpy(parts: dict[str, list]) -> dict[str, np.ndarray]:
     return {k: torch.cat(v).detach().to(torch.float64).cpu().numpy() for k, v in parts.items()}
 
@@ -161,14 +174,9 @@ def replay_draws(model, samples: Mapping[str, np.ndarray | torch.Tensor], *args,
     out = {"latent": {}, "deterministic": {}, "log_likelihood": {}}
     with torch.no_grad():
         for start, n in _chunks(total, chunk):
-            data = {}
-            for name, s in sites.latent.items():
-                v = tensors[name][start:start + n].to(s.dtype)
-                pad = max(nesting - len(s.batch_shape), 0)
-                data[name] = v.reshape((n,) + (1,) * pad + tuple(s.shape))
+            values = {name: tensors[name][start:start + n].to(s.dtype) for name, s in sites.latent.items()}
             try:
-                with pyro.plate("_draws", n, dim=-(nesting + 1)):
-                    trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+                trace = conditioned_trace(model, sites, values, n, *args, **kwargs)
                 trace.compute_log_prob(site_filter=lambda name, site: name in sites.observed)
                 _collect(trace, sites, n, out)
             except VectorizationError:
@@ -203,4 +211,5 @@ def flat_draws(arrays: Mapping[str, np.ndarray], one_based: bool = True) -> dict
     return out
 
 
-__all__ = ["Draws", "VectorizationError", "flat_draws", "guide_draws", "importance_log_weights", "replay_draws"]
+__all__ = ["Draws", "VectorizationError", "conditioned_trace", "flat_draws", "guide_draws", "importance_log_weights",
+           "replay_draws"]

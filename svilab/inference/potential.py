@@ -25,9 +25,9 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro import poutine
 from torch.distributions import biject_to
 
+from svilab.inference.draws import conditioned_trace
 from svilab.inference.estimators.base import Target
 from svilab.inference.sites import ModelSites, model_sites
 
@@ -53,34 +53,20 @@ class UnconstrainedTarget(Target):
         #: the largest batch evaluated at once (estimate() chunks by it)
         self.max_batch = max(256, MAX_CELLS // cells)
 
-    def constrained(self, zeta: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``(n, D)`` unconstrained points -> ``{site: (n, *site_shape)}`` constrained values."""
-        out, start = {}, 0
-        for name, t in self.transforms.items():
-            k = self.sizes[name]
-            out[name] = t(zeta[:, start:start + k].reshape((-1,) + self.shapes[name]))
-            start += k
-        return out
-
     def _log_joint(self, z: torch.Tensor) -> torch.Tensor:
         batch = z.shape[1:]
         zeta = z.reshape(z.shape[0], -1).T                                     # (n, D)
         n = zeta.shape[0]
         total = torch.zeros(n, dtype=z.dtype)
         nesting = self.sites.max_plate_nesting
-        data, start = {}, 0
+        values, start = {}, 0
         for name, t in self.transforms.items():
             k = self.sizes[name]
             u = zeta[:, start:start + k].reshape((n,) + self.shapes[name])
-            value = t(u)
-            ladj = t.log_abs_det_jacobian(u, value)
-            total = total + ladj.reshape(n, -1).sum(-1)
-            s = self.sites.latent[name]
-            pad = max(nesting - len(s.batch_shape), 0)
-            data[name] = value.reshape((n,) + (1,) * pad + tuple(s.shape))
+            values[name] = t(u)
+            total = total + t.log_abs_det_jacobian(u, values[name]).reshape(n, -1).sum(-1)
             start += k
-        with pyro_plate(n, nesting):
-            trace = poutine.trace(poutine.condition(self.model, data=data)).get_trace(*self.args, **self.kwargs)
+        trace = conditioned_trace(self.model, self.sites, values, n, *self.args, **self.kwargs)
         for site in trace.nodes.values():
             if site["type"] != "sample":
                 continue
@@ -93,12 +79,6 @@ class UnconstrainedTarget(Target):
                 lp = lp.movedim(-(nesting + 1), 0)
                 total = total + lp.reshape(lp.shape[0], -1).sum(-1)
         return total.reshape(batch)
-
-
-def pyro_plate(n: int, nesting: int):
-    import pyro
-
-    return pyro.plate("_points", n, dim=-(nesting + 1))
 
 
 def unconstrained_target(model, *args, **kwargs) -> UnconstrainedTarget:
