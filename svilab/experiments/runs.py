@@ -93,7 +93,9 @@ class RunFolder:
         return p
 
     def write_config(self, config: dict) -> Path:
-        return self.write_json("config.json", {**config, "versions": versions()})
+        import torch
+
+        return self.write_json("config.json", {**config, "versions": versions(), "threads": torch.get_num_threads()})
 
     def write_results(self, results: dict) -> Path:
         return self.write_json("results.json", results)

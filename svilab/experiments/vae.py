@@ -26,8 +26,10 @@ from svilab.experiments.common import Reporter
 from svilab.experiments.runs import RunFolder
 from svilab.inference import vae_eval
 from svilab.inference.divergences import check_alpha
+from svilab.inference.jit_elbo import compile_quietly
 from svilab.inference.losses import make_loss
-from svilab.inference.svi import DivergenceError, FitResult, update_is_finite
+from svilab.inference.optim import GuardedAdam
+from svilab.inference.svi import DivergenceError, FitResult
 from svilab.models.vae import PRESETS, VAE, VAEConfig, count_parameters, preset
 from svilab.validation import choice, positive_int
 
@@ -86,24 +88,26 @@ def _loss(config: dict, jit: bool):
 
 # ----------------------------------------------------------------------------- training
 class TrainStep:
-    """One optimisation step: Pyro's ELBO (``differentiable_loss`` of the model/guide pair) and
-    ``torch.optim.Adam`` over all network parameters at once (one fused update instead of Pyro's
-    per-parameter optimisers: 1.3x faster per step on the notebook preset). The update is skipped
-    when the loss or a gradient is not finite."""
+    """One optimisation step: Pyro's ELBO (``differentiable_loss`` of the model/guide pair, JIT
+    compiled once when ``loss_fn`` is a JIT ELBO) and one fused Adam update of all network
+    parameters (:class:`svilab.inference.optim.GuardedAdam`, which skips every update from the
+    first non-finite loss or gradient on; the caller reads ``optim.diverged`` now and then).
 
-    def __init__(self, vae: VAE, optim: torch.optim.Optimizer, loss_fn) -> None:
-        self.vae, self.optim, self.loss_fn = vae, optim, loss_fn
-        self.params = [p for p in vae.parameters() if p.requires_grad]
+    The model and guide are bound once: ``vae.model`` is a new bound-method object each time it
+    is read, and Pyro's JIT keys its cache on the callables."""
 
-    def __call__(self, x: torch.Tensor) -> tuple[float, bool]:
-        loss = self.loss_fn.differentiable_loss(self.vae.model, self.vae.guide, x)
+    def __init__(self, vae: VAE, optim: GuardedAdam, loss_fn, jit: bool = False) -> None:
+        self.model, self.guide = vae.model, vae.guide
+        self.optim, self.loss_fn = optim, loss_fn
+        self.compile = jit
+
+    def __call__(self, x: torch.Tensor) -> None:
+        if self.compile:
+            compile_quietly(self.loss_fn, self.model, self.guide, x)
+            self.compile = False
+        loss = self.loss_fn.differentiable_loss(self.model, self.guide, x)
         loss.backward()
-        value = float(loss.detach())
-        ok = update_is_finite(value, self.params)
-        if ok:
-            self.optim.step()
-        self.optim.zero_grad(set_to_none=True)
-        return value, ok
+        self.optim.step(loss)
 
 
 def _epoch_batches(n: int, batch: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Generator]:
@@ -136,7 +140,9 @@ def train(config: dict, folder: RunFolder, data: MNISTData, reporter: Reporter, 
     pyro.clear_param_store()
     pyro.set_rng_seed(config["seed"])
     vae = make_vae(config)
-    optim = torch.optim.Adam(vae.parameters(), lr=config["vae"]["lr"])
+    batch = config["vae"]["batch_size"]
+    steps_per_epoch = len(data.train_x) // batch
+    optim = GuardedAdam(vae.parameters(), lr=config["vae"]["lr"], steps=steps_per_epoch)
     history: list[dict] = []
     start = 0
     if resume is not None:
@@ -145,36 +151,38 @@ def train(config: dict, folder: RunFolder, data: MNISTData, reporter: Reporter, 
         pyro.util.set_rng_state(resume["rng"])
         history = resume["history"]
         start = resume["epoch"] + 1
-    step = TrainStep(vae, optim, _loss(config, config["jit"]))
+    jit = config.get("jit", False)
+    step = TrainStep(vae, optim, _loss(config, jit), jit=jit)
     eval_loss = _loss(config, False)
     if progress is None:
         progress = sys.stderr.isatty()
-    batch = config["vae"]["batch_size"]
     t_start = time.perf_counter() - sum(h["seconds"] for h in history)
     limit_s = None if config.get("time_limit_minutes") is None else 60 * config["time_limit_minutes"]
     for epoch in range(start, config["epochs"]):
         t0 = time.perf_counter()
         idx, g = _epoch_batches(len(data.train_x), batch, config["seed"], epoch)
-        total, steps = 0.0, 0
+        first = optim.t
         bar = tqdm(idx, desc=f"epoch {epoch + 1}/{config['epochs']}", disable=not progress, leave=False)
-        for b in bar:
+        for steps, b in enumerate(bar, start=1):
             xb = data.train_x[b]
             if data.binary:
                 xb = binarize(xb, g)
-            with pyro.validation_enabled(epoch == start and steps == 0):  # check the first step only
-                value, ok = step(xb)
-            if not ok:
-                raise DivergenceError(
-                    f"the loss or its gradient became non-finite ({value}) in epoch {epoch + 1}, step {steps + 1}; "
-                    f"stopped. The last checkpoint (end of epoch {epoch}) is in {folder}", FitResult(
-                        np.array([h["train_loss"] for h in history]), 0.0, {}, epoch))
-            total += value
-            steps += 1
-            if steps % 50 == 0:
-                bar.set_postfix(loss=f"{total / (steps * batch):.2f}")
+            with pyro.validation_enabled(epoch == start and steps == 1):  # check the first step only
+                step(xb)
+            if steps % 50 == 0 or steps == len(idx):                     # read the guard now and then
+                if optim.diverged:
+                    bad = optim.first_bad_step() - first
+                    value = optim.losses(first + bad, first + bad + 1)[0]
+                    raise DivergenceError(
+                        f"the loss or its gradient became non-finite ({value}) in epoch {epoch + 1}, step "
+                        f"{bad + 1}; stopped. The last checkpoint (end of epoch {epoch}) is in {folder}", FitResult(
+                            np.array([h["train_loss"] for h in history]), 0.0, {}, epoch))
+                if progress:
+                    bar.set_postfix(loss=f"{optim.losses(first).mean() / batch:.2f}")
+        total = float(optim.losses(first).sum())
         seconds = time.perf_counter() - t0
         val_elbo, _ = vae_eval.elbo(vae, data.val_x)
-        row = {"epoch": epoch + 1, "train_loss": total / (steps * batch),
+        row = {"epoch": epoch + 1, "train_loss": total / (len(idx) * batch),
                "val_loss": objective_per_image(eval_loss, vae, data.val_x), "val_elbo": val_elbo,
                "seconds": seconds}
         history.append(row)
@@ -347,8 +355,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     t.add_argument("--epochs", type=int, default=None, help="epochs (default 10; with --resume: the run's own)")
     t.add_argument("--beta", type=float, default=1.0, help="weight of the divergence term (gjs/dgjs)")
     t.add_argument("--particles", type=int, default=1, help="samples of z per image and step")
-    t.add_argument("--jit", action="store_true",
-                   help="use the JIT-compiled ELBO (slower than eager here: see benchmarks/bench_vae.py)")
+    t.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
+                   help="Pyro's JIT-compiled ELBO, compiled once (the same numbers as eager; see "
+                        "benchmarks/bench_vae.py for the speed)")
     t.add_argument("--time-limit", type=float, default=None, metavar="MIN",
                    help="stop after the epoch during which this many minutes of training have passed")
     t.add_argument("--seed", type=int, default=0)

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import torch
 from pyro.distributions.util import scale_and_mask
-from pyro.infer import JitTraceMeanField_ELBO, TraceMeanField_ELBO
+from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.util import torch_item
 
 from svilab.inference.divergences import check_alpha, geometric_js
+from svilab.inference.jit_elbo import JitTraceMeanField_ELBO
 from svilab.validation import finite
 
 

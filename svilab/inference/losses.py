@@ -13,9 +13,11 @@ name               objective (minimised as a loss)
                    :mod:`svilab.inference.jsd_elbo`), with ``alpha``
 =================  ===============================================================================
 
-``jit=True`` uses Pyro's JIT-compiled variants (``JitTrace_ELBO`` ...), which cut the
-per-step overhead for small models severalfold; they need a guide whose parameters all exist
-before the first step (see :func:`svilab.inference.svi.fit`).
+``jit=True`` uses Pyro's JIT-compiled variants, fixed in :mod:`svilab.inference.jit_elbo` (its
+``JitTrace_ELBO`` had twice the gradient, its ``JitTraceMeanField_ELBO`` recompiled every call),
+which cut the per-step overhead severalfold; they need a guide whose parameters all exist before
+the first step (see :func:`svilab.inference.svi.fit`) and the same model and guide objects on
+every call.
 """
 
 from __future__ import annotations
@@ -58,9 +60,13 @@ def make_loss(name: str = "trace_elbo", *, num_particles: int = 1, vectorize_par
     if max_plate_nesting is not None:
         kw["max_plate_nesting"] = max_plate_nesting
     if name == "trace_elbo":
-        return (infer.JitTrace_ELBO if jit else infer.Trace_ELBO)(**kw)
+        from svilab.inference.jit_elbo import JitTrace_ELBO
+
+        return (JitTrace_ELBO if jit else infer.Trace_ELBO)(**kw)
     if name == "meanfield_elbo":
-        return (infer.JitTraceMeanField_ELBO if jit else infer.TraceMeanField_ELBO)(**kw)
+        from svilab.inference.jit_elbo import JitTraceMeanField_ELBO
+
+        return (JitTraceMeanField_ELBO if jit else infer.TraceMeanField_ELBO)(**kw)
     if name == "renyi":
         a = 0.5 if alpha is None else float(alpha)
         if a == 1.0 or a != a:

@@ -1,19 +1,20 @@
-r"""Fitting a guide by stochastic variational inference: :func:`fit`, over ``pyro.infer.SVI``.
+r"""Fitting a guide by stochastic variational inference: :func:`fit`, with Pyro's ELBOs.
 
 ``fit`` works with any Pyro model and guide (``fit(model, guide, *model_args, ...)``). Each step
-is Pyro's :meth:`pyro.infer.SVI.step` with one extra check between the gradient and the update:
-if the loss or any gradient is NaN or infinite, the update is *not* applied, the run stops with a
-message naming the step (:class:`DivergenceError`, which carries the partial result), and the
-parameter store keeps the last finite parameters.
+is what :meth:`pyro.infer.SVI.step` does (the ELBO's gradient, then an Adam update), with every
+parameter in one fused update and one extra guard: if the loss or any gradient is NaN or
+infinite, no update is applied from that step on, the run stops with a message naming the step
+(:class:`DivergenceError`, which carries the partial result), and the parameter store keeps the
+last finite parameters (:class:`svilab.inference.optim.GuardedAdam`).
 
 Stopping rule (optional, ``stop_tol``): the loss is smoothed by an exponential moving average
 :math:`\bar\ell_t = \rho\,\bar\ell_{t-1} + (1 - \rho)\,\ell_t`; every ``check_every`` steps the
 decrease of :math:`\bar\ell` since the previous check is compared with ``stop_tol`` (nats); after
 ``patience`` checks in a row below it the run stops.
 
-Learning rate: Pyro's ``ClippedAdam`` with an exponential decay from ``lr`` to ``lr_final`` over
-``steps`` (constant when ``lr_final`` is None). Decaying the step size is what lets the final
-parameters settle at the optimum instead of jittering around it.
+Optimizer: Pyro's ``ClippedAdam`` rule (gradients clamped elementwise) with an exponential decay
+from ``lr`` to ``lr_final`` over ``steps`` (constant when ``lr_final`` is None). Decaying the step
+size is what lets the final parameters settle at the optimum instead of jittering around it.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import SVI
-from pyro.infer.util import zero_grads
 from tqdm.auto import tqdm
 
+from svilab.inference.jit_elbo import compile_quietly
 from svilab.inference.losses import make_loss
+from svilab.inference.optim import GuardedAdam
 from svilab.validation import positive, positive_int
 
 
@@ -71,50 +72,55 @@ class FitResult:
 
 def make_optimizer(lr: float = 0.01, lr_final: float | None = None, steps: int = 1000,
                    clip_norm: float = 10.0) -> pyro.optim.PyroOptim:
-    """``ClippedAdam`` with learning rate decaying exponentially from ``lr`` to ``lr_final``."""
+    """Pyro's ``ClippedAdam`` with the schedule :func:`fit` uses, for a plain ``pyro.infer.SVI``
+    (what ``benchmarks/bench_svi.py`` compares :func:`fit` with)."""
     lr = positive(lr, "lr")
     lrd = 1.0 if lr_final is None else (positive(lr_final, "lr_final") / lr) ** (1.0 / max(steps, 1))
     return pyro.optim.ClippedAdam({"lr": lr, "lrd": lrd, "clip_norm": clip_norm})
 
 
-def update_is_finite(loss: float, params) -> bool:
-    """True when ``loss`` and every gradient of ``params`` are finite (one reduction, one sync).
+class _Objective:
+    """``loss_fn`` evaluated for one step: the loss as a tensor, gradients accumulated, and the
+    unconstrained parameters the step touched."""
 
-    The check both :class:`GuardedSVI` and the VAE trainer make before applying an update."""
-    grads = [p.grad for p in params if p.grad is not None]
-    return math.isfinite(loss) and (not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))))
+    def __init__(self, loss_fn, model, guide) -> None:
+        self.loss_fn, self.model, self.guide = loss_fn, model, guide   # stable references: Pyro's JIT keys on them
+        self.differentiable = hasattr(loss_fn, "differentiable_loss")
 
-
-class GuardedSVI(SVI):
-    """:class:`pyro.infer.SVI` whose step skips the update when the loss or a gradient is not finite."""
-
-    def guarded_step(self, *args, **kwargs) -> tuple[float, bool]:
-        with poutine.trace(param_only=True) as param_capture:
-            loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
-        params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
-        loss = float(loss)
-        ok = update_is_finite(loss, params)
-        if ok:
-            self.optim(params)
-        zero_grads(params)
-        return loss, ok
+    def __call__(self, args, kwargs) -> tuple[torch.Tensor, set[torch.Tensor]]:
+        with poutine.trace(param_only=True) as capture:
+            if self.differentiable:
+                loss = self.loss_fn.differentiable_loss(self.model, self.guide, *args, **kwargs)
+            else:   # e.g. RenyiELBO: only loss_and_grads
+                loss = torch.as_tensor(self.loss_fn.loss_and_grads(self.model, self.guide, *args, **kwargs))
+        if self.differentiable and loss.requires_grad:
+            loss.backward()
+        params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+        return loss, params
 
 
-def fit(model, guide, *args, loss="trace_elbo", optimizer: pyro.optim.PyroOptim | None = None,
-        lr: float = 0.01, lr_final: float | None = None, steps: int = 1000, num_particles: int = 1,
-        vectorize_particles: bool = True, max_plate_nesting: int | None = None, jit: bool = False,
-        alpha: float | None = None, seed: int | None = None, progress: bool | None = None,
-        stop_tol: float | None = None, check_every: int = 100, patience: int = 3, smoothing: float = 0.95,
-        validate: bool = True, description: str = "SVI", **kwargs) -> FitResult:
+def fit(model, guide, *args, loss="trace_elbo", lr: float = 0.01, lr_final: float | None = None,
+        steps: int = 1000, clip: float | None = 10.0, num_particles: int = 1, vectorize_particles: bool = True,
+        max_plate_nesting: int | None = None, jit: bool = False, alpha: float | None = None,
+        seed: int | None = None, progress: bool | None = None, stop_tol: float | None = None,
+        check_every: int = 100, patience: int = 3, smoothing: float = 0.95, validate: bool = True,
+        description: str = "SVI", **kwargs) -> FitResult:
     """Fit ``guide`` to ``model(*args, **kwargs)`` by SVI.
 
+    Each step evaluates Pyro's ELBO (``loss_fn.differentiable_loss``), backpropagates, and takes
+    one fused Adam step over every parameter (:class:`svilab.inference.optim.GuardedAdam`: Pyro's
+    ``ClippedAdam`` rule, i.e. gradients clamped to ``[-clip, clip]`` and the learning rate decayed
+    from ``lr`` to ``lr_final``). The loss and the finiteness flag stay on the tensor side; they
+    are read every ``check_every`` steps.
+
     :param loss: a loss name (:data:`svilab.inference.losses.LOSSES`) or a Pyro ELBO object.
-    :param optimizer: a Pyro optimizer; default :func:`make_optimizer` ``(lr, lr_final, steps)``.
     :param steps: maximum number of steps (>= 1).
+    :param clip: elementwise gradient clamp (None: none).
     :param num_particles: samples per step (vectorized over a particle plate when
         ``vectorize_particles``, which needs the model to be written with ``pyro.plate``).
-    :param jit: use Pyro's JIT ELBO (faster for small models; the guide is run once first so
-        that all parameters exist before compilation).
+    :param jit: use Pyro's JIT ELBO, compiled once before the first step with the random
+        generators put back, so that it gives the eager run's numbers, faster (the guide is run
+        once first, in both cases, so that all parameters exist before compilation).
     :param validate: check distribution arguments and supports on the first step (Pyro's
         validation); later steps run without it, which halves the per-step time of small models.
     :param seed: passed to ``pyro.set_rng_seed`` before the first step (None: leave the RNG).
@@ -122,8 +128,9 @@ def fit(model, guide, *args, loss="trace_elbo", optimizer: pyro.optim.PyroOptim 
     :param stop_tol: stop when the smoothed loss decreased by less than this over ``patience``
         consecutive windows of ``check_every`` steps (None: run all steps).
     :returns: :class:`FitResult`; the fitted parameters stay in Pyro's param store.
-    :raises DivergenceError: the loss or a gradient became NaN/inf (the update is skipped, so the
-        param store holds the last finite parameters; ``exc.result`` has the history so far).
+    :raises DivergenceError: the loss or a gradient became NaN/inf (no update is applied from that
+        step on, so the param store holds the parameters after the last finite step;
+        ``exc.result`` has the history up to it).
     :raises ValueError: ``steps < 1``, ``num_particles < 1``, unknown loss, bad lr.
     """
     steps = positive_int(steps, "steps")
@@ -131,6 +138,7 @@ def fit(model, guide, *args, loss="trace_elbo", optimizer: pyro.optim.PyroOptim 
     check_every = positive_int(check_every, "check_every")
     if stop_tol is not None:
         stop_tol = positive(stop_tol, "stop_tol")
+    positive(lr, "lr")
     if isinstance(loss, str):
         if max_plate_nesting is None:  # read it off one trace instead of letting Pyro guess
             from svilab.inference.sites import model_sites
@@ -140,51 +148,65 @@ def fit(model, guide, *args, loss="trace_elbo", optimizer: pyro.optim.PyroOptim 
                             max_plate_nesting=max_plate_nesting, jit=jit, alpha=alpha)
     else:
         loss_fn = loss
-    optim = optimizer if optimizer is not None else make_optimizer(lr, lr_final, steps)
     if seed is not None:
         pyro.set_rng_seed(seed)
-    if jit:  # create every parameter before the JIT traces the ELBO
-        with poutine.block(), torch.no_grad():
-            guide(*args, **kwargs)
-    svi = GuardedSVI(model, guide, optim, loss_fn)
+    with poutine.block(), torch.no_grad():   # create every parameter (the JIT needs them before tracing)
+        guide(*args, **kwargs)
+    if jit:    # compile off the RNG stream: the JIT and the eager run draw the same numbers
+        compile_quietly(loss_fn, model, guide, *args, **kwargs)
+    objective = _Objective(loss_fn, model, guide)
     if progress is None:
         progress = sys.stderr.isatty()
-    history = np.empty(steps)
+    history = np.empty(0)
     smooth = prev_check = math.nan
     calm = 0
     stopped, message = False, f"ran all {steps} steps"
     bar = tqdm(total=steps, desc=description, disable=not progress, leave=False, mininterval=0.5)
     t0 = time.perf_counter()
-    step = 0
+    optim: GuardedAdam | None = None
+    known: set[torch.Tensor] = set()
     try:
         for step in range(steps):
             with pyro.validation_enabled(validate and step == 0):
-                value, ok = svi.guarded_step(*args, **kwargs)
-            if not ok:
-                history = history[:step]
-                result = FitResult(history, time.perf_counter() - t0, _params(), step, message="diverged")
+                value, params = objective(args, kwargs)
+            if len(params) != len(known):
+                new = params - known
+                known |= new
+                if optim is None:
+                    optim = GuardedAdam(new, lr=lr, lr_final=lr_final, steps=steps, clip=clip)
+                else:
+                    optim.add_params(new)
+            optim.step(value)
+            if (step + 1) % check_every and step + 1 < steps:
+                continue
+            block = optim.losses(len(history))
+            if optim.diverged:
+                bad = optim.first_bad_step()
+                history = np.concatenate([history, block])[:bad]
+                value = optim.losses(bad, bad + 1)[0]
+                result = FitResult(history, time.perf_counter() - t0, _params(), bad, message="diverged")
                 raise DivergenceError(
                     f"the loss or its gradient became {value if not math.isfinite(value) else 'non-finite'} "
-                    f"at step {step + 1} of {steps}; stopped, keeping the parameters after step {step} "
+                    f"at step {bad + 1} of {steps}; stopped, keeping the parameters after step {bad} "
                     "(try a smaller --lr or more particles)", result)
-            history[step] = value
-            smooth = value if step == 0 else smoothing * smooth + (1 - smoothing) * value
-            if (step + 1) % check_every == 0:
-                bar.update(check_every)
-                bar.set_postfix(loss=f"{smooth:.4g}")
-                if stop_tol is not None:
-                    calm = calm + 1 if prev_check - smooth < stop_tol else 0
-                    prev_check = smooth
-                    if calm >= patience:
-                        stopped = True
-                        message = (f"stopping rule: smoothed loss changed < {stop_tol:g} "
-                                   f"over {patience * check_every} steps")
-                        break
+            history = np.concatenate([history, block])
+            for v in block:
+                smooth = v if math.isnan(smooth) else smoothing * smooth + (1 - smoothing) * v
+            bar.update(len(block))
+            bar.set_postfix(loss=f"{smooth:.4g}")
+            if stop_tol is not None and (step + 1) % check_every == 0:
+                calm = calm + 1 if prev_check - smooth < stop_tol else 0
+                prev_check = smooth
+                if calm >= patience:
+                    stopped = True
+                    message = (f"stopping rule: smoothed loss changed < {stop_tol:g} "
+                               f"over {patience * check_every} steps")
+                    break
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    n = step + 1
-    return FitResult(history[:n], seconds, _params(), n, stopped, message if stopped else f"ran all {steps} steps",
+    n = len(history)
+    return FitResult(history, seconds, _params(), n, stopped, message if stopped else f"ran all {steps} steps",
                      config={"steps": steps, "num_particles": num_particles, "jit": jit, "seed": seed,
                              "loss": loss if isinstance(loss, str) else type(loss).__name__,
                              "lr": lr, "lr_final": lr_final, "stop_tol": stop_tol})
