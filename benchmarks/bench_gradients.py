@@ -2,12 +2,14 @@
 
 Workload (the notebook's): the ELBO table (M in 5, 10, 100, 1000; 1000 repetitions each), and the
 score-function and reparameterization tables (M in 5, 10, 100, 1000, 10000; 1000 repetitions
-each): 23.3 million (u, v) samples. svilab runs it in full (float64, truncated-Normal guide,
-exact). Beside it, in the same process, a straightforward implementation in the notebook's style
-(Python loop over samples with torch scalars, Poisson log-pmf per data point) runs a few
-repetitions, and its time per sample is extrapolated to the full workload.
+each): 23.3 million (u, v) samples. svilab runs it in full (truncated-Normal guide, exact), in
+float64 and in float32 (``--dtype float32`` of ``svilab elbo/gradients``), alternating, with one
+torch thread (svilab's default; ``--threads`` to change). Beside it, in the same process, a
+straightforward implementation in the notebook's style (Python loop over samples with torch
+scalars, Poisson log-pmf per data point) runs a few repetitions, and its time per sample is
+extrapolated to the full workload.
 
-    python benchmarks/bench_gradients.py [--loop-reps 2] [--repeat 3]
+    python benchmarks/bench_gradients.py [--loop-reps 2] [--repeat 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ GRAD_MS = (5, 10, 100, 1000, 10000)
 REPS = 1000
 
 
-def svilab_workload(target) -> float:
+def svilab_workload(target, dtype=torch.float64) -> float:
     t0 = time.perf_counter()
     for M in ELBO_MS:
-        estimate("elbo", target, "normal", POINT, M, REPS, seed=0)
+        estimate("elbo", target, "normal", POINT, M, REPS, seed=0, dtype=dtype)
     for name in ("score", "reparam"):
         for M in GRAD_MS:
-            estimate(name, target, "normal", POINT, M, REPS, seed=0)
+            estimate(name, target, "normal", POINT, M, REPS, seed=0, dtype=dtype)
     return time.perf_counter() - t0
 
 
@@ -99,12 +101,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--loop-reps", type=int, default=2, help="repetitions of the loop version (M=1000)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs of the svilab workload (best is kept)")
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     target = Target.from_poisson_gamma(PoissonGamma())
     estimate("reparam", target, "normal", POINT, 10, 10)      # warm-up
-    times = [svilab_workload(target) for _ in range(args.repeat)]
-    best = min(times)
+    times: dict[torch.dtype, list[float]] = {torch.float64: [], torch.float32: []}
+    for _ in range(args.repeat):
+        for dtype in times:
+            times[dtype].append(svilab_workload(target, dtype))
+    best = min(times[torch.float64])
+    best32 = min(times[torch.float32])
     n_elbo = REPS * sum(ELBO_MS)
     n_grad = REPS * sum(GRAD_MS)
     c_elbo = per_sample(loop_elbo, 1000, args.loop_reps)
@@ -113,8 +121,10 @@ def main() -> None:
     loop_total = n_elbo * c_elbo + n_grad * (c_score + c_rep)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"workload: {n_elbo + 2 * n_grad:,} samples (ELBO table + score and reparam tables, {REPS} reps)")
-    print(f"svilab (vectorized, chunked, float64): best {best:.2f} s of {args.repeat} runs "
-          f"({', '.join(f'{t:.2f}' for t in times)})")
+    for dtype, b in ((torch.float64, best), (torch.float32, best32)):
+        print(f"svilab (vectorized, chunked, {str(dtype)[6:]}): best {b:.2f} s of {args.repeat} runs "
+              f"({', '.join(f'{t:.2f}' for t in times[dtype])})")
+    print(f"float32 / float64: {best32 / best:.2f}")
     print(f"per-sample Python loop, extrapolated from {args.loop_reps} x M=1000 per table: {loop_total:.0f} s "
           f"({c_elbo * 1e6:.0f} / {c_score * 1e6:.0f} / {c_rep * 1e6:.0f} us per sample for ELBO / score / reparam)")
     print(f"speed-up: {loop_total / best:.0f}x")

@@ -15,6 +15,7 @@ from svilab.inference.estimators import (
     GRADIENT_ESTIMATORS,
     Target,
     estimate,
+    get_estimator,
     get_family,
     mean_and_se,
 )
@@ -45,6 +46,28 @@ def test_gradient_estimators_are_unbiased(name, family, point):
     # the test has teeth: a bias of half the gradient (or 0.25) would be detected, also for the
     # plain score function, whose variance is the largest
     assert (Z_TOL * se < 0.5 * exact.abs() + 0.25).all(), se
+
+
+@pytest.mark.parametrize("name", [*GRADIENT_ESTIMATORS, "elbo"])
+def test_float32_estimators_are_unbiased_and_track_float64(name):
+    """``dtype=float32`` (``--dtype float32``): unbiased against the float64 exact values, and on the
+    same noise within float32 rounding of the float64 estimates."""
+    family, point = POINTS[0]
+    exact_value, exact_grad = exact_elbo_and_grad(TARGET, family, point)
+    exact = torch.tensor([exact_value]) if name == "elbo" else exact_grad
+    g32 = estimate(name, TARGET, family, point, M=16, reps=20000, seed=11, dtype=torch.float32)
+    assert g32.dtype == torch.float32
+    mean, se = mean_and_se(g32.double())
+    assert (((mean - exact) / se).abs() < Z_TOL).all()
+    # the same noise (drawn in float64, rounded to float32): equal up to float32 rounding
+    est, fam = get_estimator(name), get_family(family)
+    eps = est.noise(200, 16, 2, torch.Generator().manual_seed(3), torch.float64)
+    tiny = torch.finfo(torch.float32).eps
+    eps32 = eps.float().clamp(tiny, 1 - tiny)
+    g64 = est(TARGET, fam, check_params(point), eps32.double())
+    g32 = est(TARGET, fam, check_params(point, dtype=torch.float32), eps32).double()
+    scale = g64.abs().mean(0) + 1.0
+    assert ((g32 - g64).abs().max(0).values / scale < 1e-3).all()
 
 
 @pytest.mark.parametrize("family, point", POINTS)

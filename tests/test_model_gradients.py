@@ -180,3 +180,17 @@ def test_cli_gradients_model_with_more_than_two_dims_uses_a_monte_carlo_referenc
     assert len(out["exact"]["grad_se"]) == 20
     bias = np.array(list(out["results"][0]["bias_se"].values()))
     assert np.abs(bias).max() < 4.5  # 20 components, the reference's own SE included
+
+
+def test_cli_dtype_float32_poisson_gamma_and_refused_for_a_model(tmp_path, capsys):
+    argv = ["gradients", "--M", "100", "--reps", "400", "--estimators", "reparam", "--json", "--no-boxplots"]
+    assert main([*argv, "--dtype", "float32", "--out", str(tmp_path / "a")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["dtype"] == "float32"
+    bias = np.array(list(out["results"][0]["bias_se"].values()))
+    assert np.abs(bias).max() < 4.5            # unbiased against the float64 exact gradient
+    model = str(ROOT / "examples/posteriordb/eight_schools_noncentered.py")
+    assert main(["elbo", "--model", model, "--data", str(EIGHT / "data.json"), "--dtype", "float32",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "--dtype float32 is for the Poisson-Gamma model" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -19,6 +19,7 @@ from svilab.experiments import vae as vae_cmd
 from svilab.experiments.common import Reporter
 from svilab.experiments.runs import RunFolder
 from svilab.inference import vae_eval
+from svilab.inference.optim import GuardedAdam
 from svilab.inference.svi import DivergenceError
 from svilab.models.vae import PRESETS, VAE, preset
 
@@ -151,35 +152,40 @@ def test_training_lowers_the_loss_and_resume_is_exact(tmp_path):
 def test_train_step_skips_non_finite_updates():
     torch.manual_seed(0)
     vae = VAE(preset("notebook", latent_dim=2, hidden=[8]))
-    optim = torch.optim.Adam(vae.parameters(), lr=0.1)
+    optim = GuardedAdam(vae.parameters(), lr=0.1)
     step = vae_cmd.TrainStep(vae, optim, vae_cmd._loss({"loss": "elbo", "particles": 1, "alpha": None,
                                                        "beta": 1.0}, jit=False))
     x = torch.rand(10, 784)
-    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    step(x)
+    after_one = {k: v.clone() for k, v in vae.state_dict().items()}
     with pyro.validation_enabled(False):
-        value, ok = step(x.clone().fill_(float("nan")))
-    assert not ok and math.isnan(value)
+        step(x.clone().fill_(float("nan")))
+    step(x)                            # finite again, but the guard is sticky: no update after a bad step
+    assert optim.diverged and optim.first_bad_step() == 1
+    assert math.isfinite(optim.losses()[0]) and math.isnan(optim.losses()[1])
     for k, v in vae.state_dict().items():
-        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
-    value, ok = step(x)
-    assert ok and math.isfinite(value)
+        torch.testing.assert_close(v, after_one[k], rtol=0, atol=0)
 
 
-def test_nan_loss_stops_training_with_message_and_keeps_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("jit", [False, True])
+def test_nan_loss_stops_training_with_message_and_keeps_checkpoint(tmp_path, monkeypatch, jit):
     data = _synthetic()
     cfg = vae_cmd.run_config(_args(epochs=3, batch_size=50), "gjs", 0.3)
-    calls = {"n": 0}
-    real_call = vae_cmd.TrainStep.__call__
+    cfg["jit"] = jit
+    real_save = vae_cmd.save_checkpoint
 
-    def flaky(self, x):  # the 9th step (epoch 2, step 3) returns a NaN loss, as a diverging run would
-        calls["n"] += 1
-        return (float("nan"), False) if calls["n"] == 9 else real_call(self, x)
+    def save_then_poison(path, state):   # after epoch 1 is saved, one training image turns NaN
+        real_save(path, state)
+        data.train_x[120] = float("nan")
 
-    monkeypatch.setattr(vae_cmd.TrainStep, "__call__", flaky)
-    with pytest.raises(DivergenceError, match="non-finite \\(nan\\) in epoch 2, step 3"):
+    monkeypatch.setattr(vae_cmd, "save_checkpoint", save_then_poison)
+    perm = vae_cmd._epoch_batches(len(data.train_x), 50, cfg["seed"], 1)[0]
+    bad_step = int((perm == 120).nonzero()[0, 0]) + 1
+    with pytest.raises(DivergenceError, match=f"non-finite \\(nan\\) in epoch 2, step {bad_step};"):
         vae_cmd.train(cfg, RunFolder("t", tmp_path), data, Reporter(quiet=True))
     state = torch.load(tmp_path / vae_cmd.CHECKPOINT, weights_only=False)
     assert state["epoch"] == 0 and len(state["history"]) == 1   # the finished epoch is kept
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
 # ----------------------------------------------------------------------------- CLI

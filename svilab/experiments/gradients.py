@@ -96,13 +96,17 @@ def _check_common(Ms, reps):
 
 
 # ---------------------------------------------------------------------------------------- elbo
-def run_elbo(lab: Lab, Ms, reps: int, seed: int, folder: RunFolder, reporter: Reporter) -> dict:
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def run_elbo(lab: Lab, Ms, reps: int, seed: int, folder: RunFolder, reporter: Reporter,
+             dtype: torch.dtype = torch.float64) -> dict:
     Ms, reps = _check_common(Ms, reps)
     target, family, point, exact = lab.target, lab.family, lab.point, lab.exact_elbo
     gen = torch.Generator().manual_seed(seed)
     rows, samples = [], {}
     for M in Ms:
-        v = estimate("elbo", target, family, point, M, reps, generator=gen)
+        v = estimate("elbo", target, family, point, M, reps, generator=gen, dtype=dtype).double()
         samples[M] = v.numpy()
         mean, sd = v.mean().item(), v.std().item()
         se = sd / math.sqrt(reps)
@@ -131,7 +135,7 @@ def run_elbo(lab: Lab, Ms, reps: int, seed: int, folder: RunFolder, reporter: Re
 
 # ----------------------------------------------------------------------------------- gradients
 def run_gradients(lab: Lab, estimators, Ms, reps: int, seed: int, folder: RunFolder, reporter: Reporter,
-                  boxplots: bool = True) -> dict:
+                  boxplots: bool = True, dtype: torch.dtype = torch.float64) -> dict:
     Ms, reps = _check_common(Ms, reps)
     estimators = [get_estimator(e).name for e in estimators]
     for e in estimators:
@@ -142,13 +146,13 @@ def run_gradients(lab: Lab, estimators, Ms, reps: int, seed: int, folder: RunFol
             raise ValueError(f"estimator {e!r} needs M >= {get_estimator(e).min_samples}, got {bad}")
     target, family, point, names = lab.target, lab.family, lab.point, lab.param_names
     exact_elbo, exact_grad, exact_se = lab.exact_elbo, lab.exact_grad, lab.exact_grad_se
-    estimate("reparam", target, family, point, 10, 10)          # warm-up, so timings are fair
+    estimate("reparam", target, family, point, 10, 10, dtype=dtype)   # warm-up, so timings are fair
     gen = torch.Generator().manual_seed(seed)
     results, long_rows, draws = [], [], {}
     for name in estimators:
         for M in Ms:
             t0 = time.perf_counter()
-            g = estimate(name, target, family, point, M, reps, generator=gen).numpy()
+            g = estimate(name, target, family, point, M, reps, generator=gen, dtype=dtype).double().numpy()
             secs = (time.perf_counter() - t0) / reps
             draws[name, M] = g
             mean, sd = g.mean(0), g.std(0, ddof=1)
@@ -280,6 +284,9 @@ def _common(p):
                         "loc_1,scale_1,loc_2,scale_2,... per unconstrained coordinate (default: loc 0, scale 0.1, "
                         "where AutoNormal starts)")
     p.add_argument("--reps", type=int, default=1000, help="repetitions per M")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float64",
+                   help="precision of the estimators' arithmetic (Poisson-Gamma model): float32 is about 2x "
+                        "faster; the exact reference stays float64 (benchmarks/bench_gradients.py)")
     p.add_argument("--reference-samples", type=int, default=REFERENCE_SAMPLES,
                    help="with --model and more than 2 latent dims: samples behind the reference gradient")
     add_run_args(p)
@@ -313,6 +320,8 @@ def _main(args, command: str, run) -> int:
     reporter = Reporter(args.json)
     with float64_default():
         if isinstance(model, UserModel):
+            if args.dtype != "float64":
+                raise ValueError("--dtype float32 is for the Poisson-Gamma model; a --model runs in float64")
             if args.family not in (None, "gaussian"):
                 raise ValueError(f"--family {args.family} is for the Poisson-Gamma model; with --model the family "
                                  "is gaussian (a Normal per unconstrained coordinate)")
@@ -337,9 +346,10 @@ def _main(args, command: str, run) -> int:
 
 def main_elbo(args) -> int:
     return _main(args, "elbo", lambda lab, folder, reporter: run_elbo(
-        lab, args.M, args.reps, args.seed, folder, reporter))
+        lab, args.M, args.reps, args.seed, folder, reporter, DTYPES[args.dtype]))
 
 
 def main_gradients(args) -> int:
     return _main(args, "gradients", lambda lab, folder, reporter: run_gradients(
-        lab, args.estimators, args.M, args.reps, args.seed, folder, reporter, boxplots=not args.no_boxplots))
+        lab, args.estimators, args.M, args.reps, args.seed, folder, reporter, boxplots=not args.no_boxplots,
+        dtype=DTYPES[args.dtype]))

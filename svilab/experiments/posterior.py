@@ -17,7 +17,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pyro
 import pyro.distributions as dist
-import torch
 
 from svilab.experiments.common import Reporter, add_model_args, add_run_args, model_from_args, run_folder
 from svilab.experiments.posterior_user import (
@@ -98,9 +97,6 @@ def fit_guide(model: PoissonGamma, name: str, loss: str, alpha: float | None, cf
     pyro.clear_param_store()
     guide = make_guide(name, model.model, init=init)
     jit = name in JIT_GUIDES and loss != "renyi"
-    threads = torch.get_num_threads()
-    if jit:  # compiled small-tensor steps: one thread avoids the threading overhead (the flow gains from two)
-        torch.set_num_threads(1)
     diverged = []
     try:
         result = fit(model.model, guide, loss=loss, alpha=alpha, steps=cfg["steps"], num_particles=cfg["particles"],
@@ -109,8 +105,6 @@ def fit_guide(model: PoissonGamma, name: str, loss: str, alpha: float | None, cf
     except DivergenceError as exc:  # keep the last finite parameters and say so, as for --model
         result = exc.result
         diverged = [f"diverged: {exc}; results are from the last finite parameters"]
-    finally:
-        torch.set_num_threads(threads)
     mc = elbo_estimate(model.model, guide, num_samples=n_elbo, seed=seed + 1)
     exact_value = exact_guide_elbo(model, guide)
     idata = guide_inference_data(model.model, guide, num_samples=n_draws, seed=seed + 2)
