@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import warnings
+
+#: seeds are offset by up to ~10^5 for independent streams and must stay valid numpy seeds (< 2^32)
+MAX_SEED = 2**32 - 1 - 1_000_000
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so that every command stops the same way (checkpoints kept)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,17 +51,36 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if threads is None:
         threads = args.threads
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         from svilab.threads import apply_thread_policy
 
         apply_thread_policy(threads)
+        seed = getattr(args, "seed", None)
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"--seed must be an integer in [0, {MAX_SEED}], got {seed}")
         return int(args.func(args) or 0)
-    except ValueError as exc:  # bad input: a clear message, no stack trace
+    except ValueError as exc:  # bad input: a clear message, no stack trace, no half-written run folder
+        from svilab.experiments.runs import discard_unfinished
+
+        discard_unfinished()
         print(f"svilab {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception:  # a bug: the traceback is shown, but no half-written run folder is left
+        from svilab.experiments.runs import discard_unfinished
+
+        discard_unfinished()
+        raise
+    except Terminated:
+        print(f"svilab {args.command}: terminated (SIGTERM); files already written are kept", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"svilab {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _take_threads(argv: list[str]) -> tuple[str | None, list[str]]:

@@ -81,7 +81,11 @@ def choice(value: str, known: Sequence[str], what: str) -> str:
 
 def parse_floats(text: str, name: str, length: int | None = None) -> list[float]:
     """Parse ``"1,2,3"`` (commas and/or spaces) into floats, checking the count if given."""
-    parts = [p for p in str(text).replace(",", " ").split() if p]
+    raw = str(text).strip()
+    items = [p.strip() for p in raw.split(",")] if "," in raw else raw.split()
+    if any(p == "" for p in items) or not items:
+        raise ValueError(f"{name}: an empty item in {text!r} (two commas in a row, or a comma at an end?)")
+    parts = [q for p in items for q in p.split()]
     try:
         values = [float(p) for p in parts]
     except ValueError as exc:

@@ -52,6 +52,8 @@ def add_run_args(p: argparse.ArgumentParser, seed: bool = True) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None, metavar="DIR",
                    help="run folder (default: runs/<command>-<timestamp>/)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier svilab run in --out (default: refuse a folder that is not empty)")
     g.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout instead of tables")
     if seed:
@@ -59,7 +61,8 @@ def add_run_args(p: argparse.ArgumentParser, seed: bool = True) -> None:
 
 
 def run_folder(args: argparse.Namespace, command: str) -> RunFolder:
-    return RunFolder(command, out=args.out)
+    """The run folder the options ask for (``--out``, ``--overwrite``); see :class:`RunFolder`."""
+    return RunFolder(command, out=args.out, mode="overwrite" if getattr(args, "overwrite", False) else "new")
 
 
 class Reporter:

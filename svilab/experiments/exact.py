@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -32,9 +33,16 @@ def compute(model: PoissonGamma) -> tuple[ExactPosterior, CAVIResult, dict]:
                   "v": {"mean": exact.mean["v"], "sd": exact.sd["v"]},
                   "corr": exact.corr},
         "cavi": {"u": q.q_u.as_dict(), "v": q.q_v.as_dict(), "elbo": q.elbo,
-                 "kl": q.kl(exact.log_evidence), "iterations": q.iterations},
+                 "kl": q.kl(exact.log_evidence), "iterations": q.iterations, "converged": q.converged},
+        "quadrature_accuracy": exact.accuracy,
+        "warnings": [] if q.converged else [cavi_warning(q)],
     }
     return exact, q, results
+
+
+def cavi_warning(q: CAVIResult) -> str:
+    return (f"CAVI did not converge in {q.iterations} iterations (the rates still changed by more than 1e-12 "
+            "relative); its factors and ELBO are the last iterate's")
 
 
 def table(exact: ExactPosterior, q: CAVIResult) -> pd.DataFrame:
@@ -105,7 +113,10 @@ def run(model: PoissonGamma, folder: RunFolder, reporter: Reporter, config: dict
     folder.save_figure(figure(exact, q), "posterior_exact_vs_cavi")
     reporter.table(f"Exact posterior vs mean-field CAVI ({model!r})", df)
     reporter.table("Exact posterior quantiles", quant)
-    reporter.say(f"CAVI converged in {q.iterations} iterations.")
+    if q.converged:
+        reporter.say(f"CAVI converged in {q.iterations} iterations.")
+    else:
+        print(f"warning: {cavi_warning(q)}", file=sys.stderr)
     return results
 
 

@@ -47,6 +47,7 @@ from svilab.inference.summaries import (
     summary,
 )
 from svilab.inference.svi import DivergenceError, fit
+from svilab.memory import check_memory
 from svilab.models.poisson_gamma import PoissonGamma
 from svilab.models.user import UserModel, float64_default
 from svilab.validation import choice, positive, positive_int
@@ -314,6 +315,7 @@ def config_from_args(args: argparse.Namespace, model) -> dict:
             raise ValueError("--init laplace needs --model (the Poisson-Gamma guides have their own starts)")
     if args.reference is not None and not user:
         raise ValueError("--reference needs --model (the Poisson-Gamma model is compared with its exact posterior)")
+    check_memory(6 * 8 * args.elbo_samples, f"--elbo-samples {args.elbo_samples}")
     if user:
         extra = {"reference": args.reference, "max_error": positive(args.max_error, "--max-error"),
                  "init": init or "laplace"}
@@ -323,9 +325,9 @@ def config_from_args(args: argparse.Namespace, model) -> dict:
             **extra,
             "svi": {g: settings(g, args.steps, args.particles, args.lr, defaults) for g in guides},
             "draws": positive_int(args.draws, "--draws"),
-            "elbo_samples": positive_int(args.elbo_samples, "--elbo-samples"),
+            "elbo_samples": positive_int(args.elbo_samples, "--elbo-samples", minimum=2),  # an SE needs 2
             "nuts": bool(args.nuts),
-            "nuts_settings": {"num_samples": positive_int(args.nuts_samples, "--nuts-samples"),
+            "nuts_settings": {"num_samples": positive_int(args.nuts_samples, "--nuts-samples", minimum=4),  # R-hat
                               "warmup_steps": positive_int(args.nuts_warmup, "--nuts-warmup", minimum=0),
                               "num_chains": positive_int(args.chains, "--chains")},
             **model.config()}

@@ -10,9 +10,12 @@ Layout of a run folder (default ``runs/<command>-<timestamp>/``)::
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
+import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -64,32 +67,148 @@ def versions() -> dict[str, str]:
             "scipy": scipy.__version__, "pandas": pd.__version__, "platform": platform.platform()}
 
 
+LOCK = ".svilab.lock"
+#: folders this process created (removed again by :func:`discard_unfinished` when a command fails)
+_CREATED: list[Path] = []
+_LOCKS: list[Path] = []
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _release_locks() -> None:
+    for lock in _LOCKS:
+        try:
+            if lock.read_text().strip() == str(os.getpid()):
+                lock.unlink()
+        except OSError:
+            pass
+    _LOCKS.clear()
+
+
+atexit.register(_release_locks)
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether ``path`` holds an svilab run (its ``config.json`` names svilab's version)."""
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "svilab" in (cfg.get("versions") or {})
+
+
 class RunFolder:
-    """A folder for one experiment's outputs.
+    """A folder for one experiment's outputs, never shared and never clobbered by accident.
 
     :param command: the command name, used in the default folder name.
-    :param out: an explicit folder (created if needed); default ``runs/<command>-<timestamp>``.
+    :param out: an explicit folder; default ``runs/<command>-<timestamp>`` (a new name, created
+        atomically, so two runs started in the same second get two folders).
+    :param mode: ``"new"`` (default): ``out`` must not exist or be empty; ``"overwrite"``: ``out``
+        may be an earlier svilab run folder, whose contents are removed first (any other non-empty
+        folder is refused); ``"resume"``: ``out`` must be an existing run folder, kept as it is.
+    :raises ValueError: one line naming the folder and the problem (not empty, a file, not
+        writable, in use by another running svilab process, not a run folder to resume).
+
+    The folder is locked (``.svilab.lock`` with the process id) until the process ends: a second
+    process asking for it gets an error instead of mixing its files into the first one's.
     """
 
-    def __init__(self, command: str, out: str | Path | None = None, root: str | Path = "runs"):
+    def __init__(self, command: str, out: str | Path | None = None, root: str | Path = "runs",
+                 mode: str = "new", _parent: RunFolder | None = None):
+        if mode not in ("new", "overwrite", "resume"):
+            raise ValueError(f"unknown run-folder mode {mode!r}")
         if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            path = Path(root) / f"{command}-{stamp}"
             k = 1
-            while path.exists():
+            while True:
+                path = Path(root) / (f"{command}-{stamp}" + ("" if k == 1 else f"-{k}"))
+                if self._make(path, exist_ok=False):
+                    break
                 k += 1
-                path = Path(root) / f"{command}-{stamp}-{k}"
         else:
             path = Path(out)
-        path.mkdir(parents=True, exist_ok=True)
+            if path.exists() and not path.is_dir():
+                raise ValueError(f"cannot create run folder {path}: it exists and is a file")
+            if mode == "resume":
+                if not path.is_dir():
+                    raise ValueError(f"cannot resume {path}: no such run folder")
+            elif path.is_dir() and any(p.name != LOCK for p in path.iterdir()):
+                if mode == "new":
+                    raise ValueError(f"run folder {path} is not empty; choose a new --out, or pass --overwrite to "
+                                     "replace an earlier run there" + (" (or --resume to continue it)"
+                                                                         if (path / "checkpoint.pt").exists() else ""))
+                if not is_run_folder(path):
+                    raise ValueError(f"--overwrite: {path} is not an svilab run folder (no svilab config.json); "
+                                     "not removing its contents")
+            else:
+                self._make(path, exist_ok=True)
         self.path = path
+        if _parent is None:
+            self._lock()
+            if mode == "overwrite" and out is not None:
+                for p in path.iterdir():
+                    if p.name != LOCK:
+                        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+    @staticmethod
+    def _make(path: Path, exist_ok: bool) -> bool:
+        existed = path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=exist_ok)
+        except FileExistsError:
+            if not exist_ok:
+                return False
+            raise ValueError(f"cannot create run folder {path}: it exists and is not a folder") from None
+        except OSError as exc:
+            raise ValueError(f"cannot create run folder {path}: {exc.strerror or exc}") from None
+        if not existed:
+            _CREATED.append(path)
+        return True
+
+    def _lock(self) -> None:
+        lock = self.path / LOCK
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    pid = int(lock.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _pid_alive(pid):
+                    raise ValueError(f"run folder {self.path} is in use by svilab process {pid} (if that process "
+                                     f"is gone, remove {lock})") from None
+                lock.unlink(missing_ok=True)       # stale: its process has ended
+                continue
+            except OSError as exc:
+                raise ValueError(f"cannot create run folder {self.path}: {exc.strerror or exc}") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            _LOCKS.append(lock)
+            return
+        raise ValueError(f"run folder {self.path}: could not take its lock {lock}")
 
     def sub(self, name: str) -> RunFolder:
-        return RunFolder(name, out=self.path / name)
+        """A sub-folder (one per experiment of ``demo``/``vae compare``); a name given twice is an error."""
+        path = self.path / name
+        if path.exists():
+            raise ValueError(f"run folder {path} already exists in this run (was it asked for twice?)")
+        return RunFolder(name, out=path, _parent=self)
 
     def write_json(self, name: str, obj: Any) -> Path:
+        """Write ``name`` atomically (a per-process temporary file, then a rename)."""
         p = self.path / name
-        p.write_text(dumps(obj) + "\n")
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        tmp.write_text(dumps(obj) + "\n")
+        os.replace(tmp, p)
         return p
 
     def write_config(self, config: dict) -> Path:
@@ -115,3 +234,18 @@ class RunFolder:
 
     def __str__(self) -> str:
         return str(self.path)
+
+
+def discard_unfinished() -> list[Path]:
+    """Remove the run folders this process created that hold no result yet (no ``results.json`` and
+    no ``checkpoint.pt`` anywhere inside): what a command that failed on bad input leaves behind.
+    Returns the folders removed."""
+    removed = []
+    for path in reversed(_CREATED):
+        if not path.is_dir() or any(path.rglob("results.json")) or any(path.rglob("checkpoint.pt")):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    _CREATED.clear()
+    _release_locks()
+    return removed

@@ -9,6 +9,7 @@ number of active latent units.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -47,26 +48,44 @@ def vae_loss(name: str) -> str:
     return choice(name, VAE_LOSSES, "loss")
 
 
-def run_config(args: argparse.Namespace, loss: str, alpha: float | None) -> dict:
+def run_config(args: argparse.Namespace, loss: str, alpha: float | None, strict: bool = True) -> dict:
     """The full configuration of one training run (saved as config.json; --resume reads it back)."""
     cfg = preset(args.preset, latent_dim=args.latent_dim, hidden=args.hidden, likelihood=args.likelihood,
                  sigma=args.sigma, batch_size=args.batch_size, lr=args.lr,
                  binarize=(args.likelihood == "bernoulli") if args.likelihood else None)
     loss = vae_loss(loss)
     if loss == "elbo":
-        alpha = None
+        if alpha is not None:
+            raise ValueError("--alpha is the skew of gjs/dgjs; the ELBO has none (drop --alpha or choose --loss gjs)")
+        if args.beta != 1.0 and strict:
+            raise ValueError("--beta weighs the divergence of gjs/dgjs; the ELBO is trained with beta 1")
     else:
         alpha = check_alpha(0.5 if alpha is None else alpha)
     return {"command": "vae train", "preset": args.preset, "vae": cfg.as_dict(), "loss": loss, "alpha": alpha,
-            "beta": args.beta, "epochs": positive_int(10 if args.epochs is None else args.epochs, "--epochs"),
+            "beta": 1.0 if loss == "elbo" else args.beta,
+            "epochs": positive_int(10 if args.epochs is None else args.epochs, "--epochs"),
             "seed": args.seed,
             "particles": positive_int(args.particles, "--particles"), "jit": bool(args.jit),
             "limit": None if args.limit is None else positive_int(args.limit, "--limit"),
             "validation": positive_int(args.validation, "--validation"),
-            "time_limit_minutes": args.time_limit, "data_root": args.data_root,
+            "time_limit_minutes": _time_limit(args.time_limit), "data_root": _absolute(args.data_root),
             "eval": {"k": positive_int(args.eval_k, "--eval-k"),
                      "limit": None if args.eval_limit is None else positive_int(args.eval_limit, "--eval-limit"),
                      "elbo_samples": 10}}
+
+
+def _time_limit(minutes: float | None) -> float | None:
+    if minutes is None:
+        return None
+    m = float(minutes)
+    if not (m > 0 and math.isfinite(m)):
+        raise ValueError(f"--time-limit must be a positive number of minutes, got {minutes}")
+    return m
+
+
+def _absolute(path: str | None) -> str | None:
+    """A data root as an absolute path (a run resumed from another directory still finds its data)."""
+    return None if path is None else str(Path(path).expanduser().resolve())
 
 
 def make_vae(config: dict) -> VAE:
@@ -124,7 +143,7 @@ def objective_per_image(loss_fn, vae: VAE, x: torch.Tensor, batch: int = 1000) -
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")   # per process: two writers never share it
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: an interrupted save never leaves a broken checkpoint
 
@@ -309,8 +328,11 @@ def run_one(config: dict, folder: RunFolder, data: MNISTData, reporter: Reporter
     try:
         out = train(config, folder, data, reporter, resume)
     except KeyboardInterrupt:
-        reporter.say(f"interrupted: the last finished epoch is checkpointed; continue with "
-                     f"`svilab vae train --resume {folder}`")
+        if (folder.path / CHECKPOINT).exists():
+            reporter.say(f"interrupted: the last finished epoch is checkpointed; continue with "
+                         f"`svilab vae train --resume {folder}`")
+        else:
+            reporter.say(f"interrupted before the first epoch finished: nothing to resume in {folder}")
         raise
     vae = out["vae"]
     metrics = evaluate(vae, data, config)
@@ -372,6 +394,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="test images for the log-likelihood (default: all); the ELBO uses all of them")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, help="run folder (default runs/vae-<command>-<timestamp>)")
+    o.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier svilab run in --out (default: refuse a folder that is not empty)")
     o.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -396,15 +420,72 @@ def register(sub) -> None:
     c.set_defaults(func=main_compare)
 
 
+#: options a resumed run may change; any other given option must match the run's configuration
+RESUME_MAY_CHANGE = {"epochs", "time_limit", "data_root", "json", "resume", "func", "command", "vae_command",
+                     "threads"}
+_RESUME_KEYS = {"epoch", "model", "optim", "rng", "history", "config"}
+
+
+def _conflicts(args: argparse.Namespace, config: dict) -> list[str]:
+    """Options given (different from their defaults) that differ from the stored configuration."""
+    parser_defaults = {"loss": "elbo", "alpha": None, "preset": "notebook", "beta": 1.0, "particles": 1,
+                       "seed": 0, "jit": True, "limit": None, "validation": 10_000, "eval_k": 5000,
+                       "eval_limit": None, "out": None, "overwrite": False}
+    stored = {"loss": config["loss"], "alpha": config["alpha"], "preset": config["preset"], "beta": config["beta"],
+              "particles": config["particles"], "seed": config["seed"], "jit": config.get("jit", False),
+              "limit": config["limit"], "validation": config["validation"], "eval_k": config["eval"]["k"],
+              "eval_limit": config["eval"]["limit"]}
+    out = []
+    for key, default in parser_defaults.items():
+        value = getattr(args, key, default)
+        if value == default:
+            continue
+        if key in ("out", "overwrite"):
+            out.append(f"--{key} (a resumed run stays in its own folder)")
+        elif key == "loss" and vae_loss(value) == stored["loss"]:
+            continue
+        elif value != stored[key]:
+            out.append(f"--{key.replace('_', '-')} {value} (the run has {stored[key]})")
+    for key in ("latent_dim", "hidden", "likelihood", "sigma", "batch_size", "lr"):
+        value = getattr(args, key, None)
+        if value is not None and (list(value) if key == "hidden" else value) != config["vae"][key]:
+            out.append(f"--{key.replace('_', '-')} {value} (the run has {config['vae'][key]})")
+    return out
+
+
 def _resume(args: argparse.Namespace) -> tuple[dict, dict, RunFolder]:
-    folder = RunFolder("vae-train", out=args.resume)
+    """Read and check a run's checkpoint; every problem is a one-line ValueError naming the file."""
+    folder = RunFolder("vae-train", out=args.resume, mode="resume")
     ckpt_path = folder.path / CHECKPOINT
     if not ckpt_path.exists():
-        raise ValueError(f"--resume {args.resume}: no {CHECKPOINT} there (is it a `svilab vae train` run folder?)")
-    state = torch.load(ckpt_path, weights_only=False)
+        raise ValueError(f"--resume {args.resume}: no {CHECKPOINT} there (is it a `svilab vae train` run folder, "
+                         "and did its first epoch finish?)")
+    try:
+        state = torch.load(ckpt_path, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot read checkpoint {ckpt_path}: {first[:200]}") from None
+    if not isinstance(state, dict) or not _RESUME_KEYS <= set(state):
+        missing = sorted(_RESUME_KEYS - set(state)) if isinstance(state, dict) else sorted(_RESUME_KEYS)
+        raise ValueError(f"checkpoint {ckpt_path} is not an svilab VAE checkpoint (missing {', '.join(missing)})")
     config = state["config"]
+    try:
+        vae = make_vae(config)
+        vae.load_state_dict(state["model"])
+        GuardedAdam(vae.parameters(), lr=config["vae"]["lr"]).load_state_dict(state["optim"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(f"checkpoint {ckpt_path} does not fit its own configuration: {first[:200]}") from None
+    bad = _conflicts(args, config)
+    if bad:
+        raise ValueError(f"--resume keeps the run's configuration; these options conflict with it: {'; '.join(bad)}. "
+                         "Only --epochs, --time-limit and --data-root may change")
     if args.epochs is not None:
         config["epochs"] = positive_int(args.epochs, "--epochs")
+    if args.time_limit is not None:
+        config["time_limit_minutes"] = _time_limit(args.time_limit)
+    if args.data_root is not None:                 # the option wins over the stored root
+        config["data_root"] = _absolute(args.data_root)
     return config, state, folder
 
 
@@ -416,9 +497,11 @@ def main_train(args: argparse.Namespace) -> int:
     else:
         config = run_config(args, args.loss, args.alpha)
         if args.data_root is None and os.environ.get("SVILAB_DATA"):
-            config["data_root"] = os.environ["SVILAB_DATA"]
-        state, folder = None, RunFolder("vae-train", out=args.out)
-    data = get_data(config)
+            config["data_root"] = _absolute(os.environ["SVILAB_DATA"])
+        data = get_data(config)          # data problems are reported before a run folder exists
+        state, folder = None, RunFolder("vae-train", out=args.out, mode="overwrite" if args.overwrite else "new")
+    if state is not None:
+        data = get_data(config)
     try:
         run = run_one(config, folder, data, reporter, state)
     except DivergenceError as exc:
@@ -433,12 +516,19 @@ def main_compare(args: argparse.Namespace) -> int:
     reporter = Reporter(args.json)
     losses = [vae_loss(x) for x in args.losses]
     alphas = [check_alpha(a) for a in args.alphas]
+    for name, values in (("--losses", losses), ("--alphas", alphas)):
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            raise ValueError(f"{name}: {', '.join(twice)} given twice (synonyms count: trace_elbo is elbo)")
     plan = [(loss, None) for loss in losses if loss == "elbo"]
     plan += [(loss, a) for loss in losses if loss != "elbo" for a in alphas]
-    configs = [run_config(args, loss, a) for loss, a in plan]
-    folder = RunFolder("vae-compare", out=args.out)
-    folder.write_config({"command": "vae compare", "runs": configs})
+    configs = [run_config(args, loss, a, strict=False) for loss, a in plan]   # --beta: for gjs/dgjs only
+    if args.data_root is None and os.environ.get("SVILAB_DATA"):
+        for cfg in configs:
+            cfg["data_root"] = _absolute(os.environ["SVILAB_DATA"])
     data = get_data(configs[0])
+    folder = RunFolder("vae-compare", out=args.out, mode="overwrite" if args.overwrite else "new")
+    folder.write_config({"command": "vae compare", "runs": configs})
     runs = []
     for cfg in configs:
         name = cfg["loss"] if cfg["alpha"] is None else f"{cfg['loss']}-alpha{cfg['alpha']:g}"

@@ -33,6 +33,7 @@ from pyro import poutine
 from pyro.infer.importance import vectorized_importance_weights
 
 from svilab.inference.sites import ModelSites, model_sites
+from svilab.memory import check_memory
 from svilab.validation import positive_int
 
 #: draws evaluated together (bounds memory: a chunk holds chunk x (latent + observed) values)
@@ -139,6 +140,11 @@ def guide_draws(model, guide, *args, num_samples: int = 4000, chunk: int = DEFAU
     num_samples = positive_int(num_samples, "num_samples")
     chunk = max(2, positive_int(chunk, "chunk"))
     sites = sites or model_sites(model, *args, **kwargs)
+    per_draw = 8 * (sum(s.shape.numel() for s in sites.latent.values())
+                    + sum(torch.Size(s).numel() for s in sites.deterministic.values())
+                    + sum(v.numel() for v in sites.observed.values())) if keep else 0
+    # kept draws, plus the log weights and the copies Pareto smoothing makes of them
+    check_memory(num_samples * (per_draw + 6 * 8), f"{num_samples} draws of the guide")
     if seed is not None:
         pyro.set_rng_seed(seed)
     out = {"latent": {}, "deterministic": {}, "log_likelihood": {}}

@@ -186,10 +186,26 @@ class ExactPosterior:
             mean = mg.expect(lambda w: w)
             var = mg.expect(lambda w, mean=mean: (w - mean) ** 2)
             self.mean[name], self.sd[name] = mean, math.sqrt(var)
-        # E[uv] = E_v[v E[u | v]] with E[u | v] = (a_u + S) / (b_u + N v)
-        e_uv = self.marginals["v"].expect(lambda v: v * (m.a_u + m.S) / (m.b_u + m.N * v))
-        cov = e_uv - self.mean["u"] * self.mean["v"]
-        self.corr = cov / (self.sd["u"] * self.sd["v"])
+        # The correlation from the v quadrature alone, centred (no E[uv] - E[u]E[v] cancellation, which
+        # gave |corr| > 1 for counts of 1e12): with E[u|v] = (a_u+S)/(b_u+Nv), Var(u|v) = (a_u+S)/(b_u+Nv)^2,
+        # cov = E_v[(v - Ev)(E[u|v] - Eu)], Var u = E_v[Var(u|v)] + Var_v(E[u|v]); then |corr| <= 1 by
+        # Cauchy-Schwarz on the same weights.
+        mv = self.marginals["v"]
+        shape_u = m.a_u + m.S
+        mean_u_v = mv.expect(lambda v: shape_u / (m.b_u + m.N * v))
+        cov = mv.expect(lambda v: (v - self.mean["v"]) * (shape_u / (m.b_u + m.N * v) - mean_u_v))
+        var_u_v = mv.expect(lambda v: shape_u / (m.b_u + m.N * v) ** 2
+                            + (shape_u / (m.b_u + m.N * v) - mean_u_v) ** 2)
+        self.corr = cov / math.sqrt(var_u_v * self.sd["v"] ** 2)
+        #: relative disagreement of two independent quadratures of E[u] and sd(u) (the u marginal
+        #: and the v marginal through u | v): an estimate of the quadrature's accuracy
+        self.accuracy = max(abs(mean_u_v - self.mean["u"]) / self.mean["u"],
+                            abs(math.sqrt(var_u_v) - self.sd["u"]) / self.sd["u"])
+        values = [self.log_evidence, *self.mean.values(), *self.sd.values(), self.corr]
+        if not all(math.isfinite(x) for x in values) or abs(self.corr) > 1 + 1e-9 or self.accuracy > 1e-6:
+            raise ValueError(f"exact posterior: the quadrature lost accuracy for these data (N={m.N:g}, S={m.S:g}): "
+                             f"E[u] and sd(u) from the two marginals differ by {self.accuracy:.2g} (relative), "
+                             f"corr {self.corr:.6g}; the counts are too large for float64 quadrature")
 
     # ------------------------------------------------------------------ densities
     def log_density(self, u, v) -> np.ndarray:

@@ -58,13 +58,13 @@ def iwae_log_likelihood(vae: VAE, x: torch.Tensor, k: int = 5000, chunk: int = 5
     for xb in _batches(x, batch):
         loc, scale = vae.encode(xb)
         q = Normal(loc, scale)
-        parts = []
+        acc = torch.full((len(xb),), -math.inf, dtype=torch.float64)   # running logsumexp: memory bounded in k
         for start in range(0, k, chunk):
             n = min(chunk, k - start)
             z = q.sample((n,))                                      # (n, B, K)
             log_lik, log_prior = vae.log_joint_terms(xb, z)
-            parts.append(torch.logsumexp(log_lik + log_prior - q.log_prob(z).sum(-1), 0))  # (B,)
-        values.append(torch.logsumexp(torch.stack(parts), 0) - math.log(k))
+            acc = torch.logaddexp(acc, torch.logsumexp(log_lik + log_prior - q.log_prob(z).sum(-1), 0).double())
+        values.append(acc - math.log(k))
     v = torch.cat(values).double()
     return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from svilab.inference.estimators.families import Family, get_family
+from svilab.memory import check_memory
 from svilab.validation import positive_int
 
 
@@ -109,6 +110,10 @@ def check_params(params, D: int = 2, dtype=torch.float64) -> torch.Tensor:
     return p
 
 
+#: measured peak memory per sample and latent coordinate, in units of the float size (tests/test_reliability.py)
+BYTES_PER_SAMPLE_COORD = 24
+
+
 def estimate(estimator: Estimator | str, target: Target, family: Family | str, params,
              M: int, reps: int, seed: int | None = 0, generator: torch.Generator | None = None,
              chunk: int = 2**16, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -131,6 +136,12 @@ def estimate(estimator: Estimator | str, target: Target, family: Family | str, p
         generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
     chunk = min(chunk, getattr(target, "max_batch", chunk))  # model targets bound their own batch
     per = max(1, min(reps, chunk // M))
+    item = torch.finfo(dtype).bits // 8
+    # peak per sample ~ BYTES_PER_SAMPLE_COORD x D x itemsize (measured: up to 348 bytes for D=2 in float64);
+    # a single repetition is not split over samples (the LOO and control-variate estimators need all M)
+    check_memory(BYTES_PER_SAMPLE_COORD * target.dim * item * M * per,
+                 f"M = {M} (samples in one estimate{'' if per == 1 else f', {per} estimates at a time'})")
+    check_memory(4 * reps * 2 * target.dim * item, f"reps = {reps} (repetitions, kept for the table)")
     out = []
     with torch.no_grad():
         for start in range(0, reps, per):    # loop over chunks of repetitions, not samples

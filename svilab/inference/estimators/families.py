@@ -126,9 +126,18 @@ class TruncatedNormalFamily(Family):
     #: above this alpha, dt/dalpha < 5e-17 wherever t > -alpha/2 (bound exp(-3 alpha^2 / 8))
     _FAST_ALPHA = 10.0
 
+    #: below this mu/sigma the mass Phi(mu/sigma) underflows float64 (Phi(-37.5) ~ 5e-308)
+    MIN_ALPHA = -37.0
+
     def sample(self, params, eps):
         mu, sigma = _split(params, eps)
-        t = -ndtri(eps * ndtr(mu / sigma))
+        alpha = mu / sigma
+        if (alpha < self.MIN_ALPHA).any():
+            raise ValueError(f"truncated Normal guide: mu/sigma = {alpha.min().item():.4g} < {self.MIN_ALPHA:g} puts "
+                             "all its mass beyond float64's range (Phi(mu/sigma) underflows); choose a larger mu "
+                             "or sigma")
+        # Phi(alpha) from log_ndtr: torch's ndtr(alpha) is 0 already at alpha = -10 (1 - erf cancels)
+        t = -ndtri(eps * torch.exp(log_ndtr(alpha)))
         z = mu + sigma * t
         return torch.clamp_(z, min=torch.finfo(z.dtype).tiny)
 
