@@ -13,7 +13,9 @@ validation and test sets once, with a fixed seed, so every model is scored on th
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,57 @@ def data_root(root: str | Path | None = None) -> Path:
     return Path(cache) / "svilab" / "data"
 
 
+#: MD5 of the four original files (as torchvision downloads them, uncompressed)
+RAW_MD5 = {"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+           "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+           "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+           "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"}
+_ORIGINAL_COUNT = {"train": 60_000, "t10k": 10_000}
+
+
+def check_raw_files(root: Path) -> None:
+    """Check the IDX files present in ``root/MNIST/raw``: magic number, header against the file
+    size, image and label counts equal, and the MD5 of a file with the original count.
+
+    :raises ValueError: one line naming the file and what is wrong with it.
+    """
+    raw = Path(root) / "MNIST" / "raw"
+    counts = {}
+    for name in RAW_FILES:
+        path = raw / name
+        if not path.is_file():
+            continue
+        images = "images" in name
+        head = 16 if images else 8
+        size = path.stat().st_size
+        if size < head:
+            raise ValueError(f"MNIST file {path} is {'empty' if size == 0 else 'truncated'} ({size} bytes, "
+                             f"the header alone is {head}); delete it to download it again")
+        with open(path, "rb") as f:
+            header = struct.unpack(">IIII" if images else ">II", f.read(head))
+        magic, n = header[0], header[1]
+        if magic != (2051 if images else 2049):
+            raise ValueError(f"MNIST file {path}: wrong magic number {magic} (expected {2051 if images else 2049} "
+                             f"for {'images' if images else 'labels'}); it is not an MNIST IDX file "
+                             "(a compressed .gz must be unpacked)")
+        if images and header[2:] != (28, 28):
+            raise ValueError(f"MNIST file {path}: images of {header[2]}x{header[3]} pixels, expected 28x28")
+        expected = head + n * (IMAGE_SIZE if images else 1)
+        if size != expected:
+            raise ValueError(f"MNIST file {path}: the header says {n} {'images' if images else 'labels'} "
+                             f"({expected} bytes) but the file has {size} bytes (truncated or damaged)")
+        split = name.split("-")[0]
+        if n == _ORIGINAL_COUNT[split]:
+            digest = hashlib.md5(path.read_bytes()).hexdigest()
+            if digest != RAW_MD5[name]:
+                raise ValueError(f"MNIST file {path}: MD5 {digest} differs from the original's {RAW_MD5[name]} "
+                                 "(damaged, or not MNIST); delete it to download it again")
+        if split in counts and counts[split] != n:
+            raise ValueError(f"MNIST files of the {split} split disagree: {counts[split]} images or labels in one, "
+                             f"{n} in {path}")
+        counts[split] = n
+
+
 class MNISTNotFoundError(ValueError):
     """The MNIST files are missing and could not be downloaded."""
 
@@ -42,6 +95,7 @@ class MNISTNotFoundError(ValueError):
 def _load_split(root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     from torchvision.datasets import MNIST
 
+    check_raw_files(root)
     try:
         ds = MNIST(str(root), train=train, download=False)
     except RuntimeError:

@@ -136,6 +136,9 @@ def fit(model, guide, *args, loss="trace_elbo", lr: float = 0.01, lr_final: floa
     steps = positive_int(steps, "steps")
     num_particles = positive_int(num_particles, "particles")
     check_every = positive_int(check_every, "check_every")
+    patience = positive_int(patience, "patience")
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1) (the weight of the previous smoothed loss), got {smoothing}")
     if stop_tol is not None:
         stop_tol = positive(stop_tol, "stop_tol")
     positive(lr, "lr")
