@@ -8,10 +8,12 @@ from svilab.cli import main
 def test_exact_json_keys_and_values(tmp_path, capsys):
     assert main(["exact", "--json", "--out", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"log_evidence", "exact", "cavi"}
+    assert set(out) == {"log_evidence", "exact", "cavi", "quadrature_accuracy", "warnings"}
+    assert out["warnings"] == [] and 0 <= out["quadrature_accuracy"] < 1e-12
     assert set(out["exact"]) == {"u", "v", "corr"}
     assert set(out["exact"]["u"]) == {"mean", "sd"}
-    assert set(out["cavi"]) == {"u", "v", "elbo", "kl", "iterations"}
+    assert set(out["cavi"]) == {"u", "v", "elbo", "kl", "iterations", "converged"}
+    assert out["cavi"]["converged"] is True
     assert {"shape", "rate", "mean"} <= set(out["cavi"]["u"])
     assert out["cavi"]["kl"] == pytest.approx(out["log_evidence"] - out["cavi"]["elbo"])
     assert out["log_evidence"] == pytest.approx(-24.689867112868, abs=1e-9)

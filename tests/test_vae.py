@@ -143,7 +143,7 @@ def test_training_lowers_the_loss_and_resume_is_exact(tmp_path):
     vae_cmd.train(part_cfg, RunFolder("t", tmp_path / "part"), data, quiet)
     state = torch.load(tmp_path / "part" / vae_cmd.CHECKPOINT, weights_only=False)
     assert state["epoch"] == 0
-    resumed = vae_cmd.train(cfg, RunFolder("t", tmp_path / "part"), data, quiet, resume=state)
+    resumed = vae_cmd.train(cfg, RunFolder("t", tmp_path / "part", mode="resume"), data, quiet, resume=state)
     for k, v in full["vae"].state_dict().items():
         torch.testing.assert_close(resumed["vae"].state_dict()[k], v, rtol=0, atol=0)
     assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in h]
