@@ -262,3 +262,25 @@ def test_jit_trace_elbo_gradient_is_the_eager_one_which_matches_finite_differenc
     pyro.set_rng_seed(2)
     g_eager = torch.stack(torch.autograd.grad(big.differentiable_loss(pg.model, guide), params))
     torch.testing.assert_close(g_jit, g_eager, rtol=0.03, atol=0.05)
+
+
+def test_direct_call_follows_a_rebuilt_param_store():
+    """The cached parameter tensors of the direct call are checked on every call: after the store is
+    cleared and the parameters re-created, gradients land on the new tensors, as through Pyro."""
+    pg = PoissonGamma()
+    pyro.clear_param_store()
+    guide = make_guide("lognormal", pg.model)
+    with pyro.poutine.block(), torch.no_grad():
+        guide()
+    loss_fn = make_loss("trace_elbo", num_particles=4, max_plate_nesting=1, jit=True)
+    for _ in range(3):                                # compile, then two direct calls
+        loss_fn.differentiable_loss(pg.model, guide).backward()
+    store = pyro.get_param_store()
+    old = {n: (store[n].detach().clone(), store._constraints[n]) for n in store.keys()}
+    pyro.clear_param_store()
+    for n, (value, constraint) in old.items():        # new parameter tensors, same names
+        pyro.param(n, value + 0.01, constraint=constraint)
+    fresh = [pyro.param(n).unconstrained() for n in sorted(old)]
+    assert all(p.grad is None for p in fresh)
+    loss_fn.differentiable_loss(pg.model, guide).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in fresh)

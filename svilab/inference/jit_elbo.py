@@ -15,15 +15,59 @@ only). Adam hides a constant factor, which is how it went unnoticed; a gradient 
 not. :class:`JitTrace_ELBO` detaches the value; ``tests/test_jit.py`` checks both against the
 eager ELBOs and finite differences.
 
-Callers must pass the *same* model and guide objects every step (a bound method such as
-``vae.model`` is a new object each time it is read; keep a reference to it): the pair is part of
-the cache key, as in Pyro.
+The cache key is the (model, guide) pair, as in Pyro, with one difference: a bound method is
+keyed by its function and its object (``vae.model`` is a new bound-method object each time it is
+read, which in Pyro's key would compile again, and keep the old graph alive, on every call).
 """
 
 from __future__ import annotations
 
+import pyro
 import pyro.infer
 import pyro.util
+
+
+class _DirectCall:
+    """The traced graph of a :class:`pyro.ops.jit.CompiledFunction`, called with its parameter
+    tensors cached: what ``CompiledFunction.__call__`` does after the first call, without looking
+    every parameter up through Pyro's effect stack (18 lookups per VAE step, 0.1 ms) and without
+    its parameter-capture trace. Valid while the param store holds the same tensors (checked on
+    every call; else the caller falls back to Pyro's path and builds a new one)."""
+
+    def __init__(self, compiled_fn, args, kwargs) -> None:
+        from pyro.ops.jit import _hashable_args_kwargs
+
+        self.graph = compiled_fn.compiled.get(_hashable_args_kwargs(args, kwargs))
+        self.names = list(compiled_fn._param_names or [])
+        self.store = pyro.get_param_store()
+        self.params = [pyro.param(n).unconstrained() for n in self.names]
+
+    def valid(self) -> bool:
+        current = self.store._params          # name -> unconstrained tensor (what pyro.param(n).unconstrained() is)
+        return self.graph is not None and all(current.get(n) is p for n, p in zip(self.names, self.params, strict=True))
+
+    def __call__(self, args):
+        return self.graph(*self.params, *args)
+
+
+def _key(model, guide) -> tuple:
+    """The cache key of a (model, guide) pair: ``id`` of each callable, a bound method by
+    ``(id(function), id(object))`` so that reading ``obj.method`` again finds the same entry."""
+
+    def one(fn):
+        return (id(fn.__func__), id(fn.__self__)) if hasattr(fn, "__self__") and hasattr(fn, "__func__") else id(fn)
+
+    return one(model), one(guide)
+
+
+def _call_compiled(entry: list, args, kwargs):
+    """``entry = [compiled_fn, model, guide, direct]``: the direct call when valid, else Pyro's."""
+    direct = entry[3]
+    if direct is None or not direct.valid():
+        out = entry[0](*args, **kwargs)                   # Pyro's path (also re-traces for new kwargs)
+        entry[3] = _DirectCall(entry[0], args, kwargs)
+        return out
+    return direct(args)
 
 
 class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
@@ -31,14 +75,14 @@ class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         compiled = self.__dict__.setdefault("_compiled_losses", {})
-        key = (id(model), id(guide))
+        key = _key(model, guide)
         if key not in compiled:
             self._differentiable_loss = None
             loss = super().differentiable_loss(model, guide, *args, **kwargs)   # builds and stores it
-            compiled[key] = (self._differentiable_loss, model, guide)             # keep the pair alive: ids stay unique
+            compiled[key] = [self._differentiable_loss, model, guide, None]       # keep the pair alive: ids stay unique
             return loss
-        kwargs["_pyro_model_id"], kwargs["_pyro_guide_id"] = key
-        return compiled[key][0](*args, **kwargs)
+        kwargs["_pyro_model_id"], kwargs["_pyro_guide_id"] = id(compiled[key][1]), id(compiled[key][2])  # as compiled
+        return _call_compiled(compiled[key], args, kwargs)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -48,11 +92,29 @@ class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
 
 
 class JitTrace_ELBO(pyro.infer.JitTrace_ELBO):
-    """:class:`pyro.infer.JitTrace_ELBO` whose ``differentiable_loss`` has the ELBO's gradient."""
+    """:class:`pyro.infer.JitTrace_ELBO` whose ``differentiable_loss`` has the ELBO's gradient,
+    compiled per (model, guide) pair and called directly after the first call."""
+
+    def loss_and_surrogate_loss(self, model, guide, *args, **kwargs):
+        compiled = self.__dict__.setdefault("_compiled_losses", {})
+        key = _key(model, guide)
+        if key not in compiled:
+            self._loss_and_surrogate_loss = None
+            out = super().loss_and_surrogate_loss(model, guide, *args, **kwargs)
+            compiled[key] = [self._loss_and_surrogate_loss, model, guide, None]
+            return out
+        kwargs["_pyro_model_id"], kwargs["_pyro_guide_id"] = id(compiled[key][1]), id(compiled[key][2])  # as compiled
+        return _call_compiled(compiled[key], args, kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
         return loss.detach() + (surrogate_loss - surrogate_loss.detach())
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_compiled_losses", None)
+        state.pop("_loss_and_surrogate_loss", None)
+        return state
 
 
 def compile_quietly(loss_fn, model, guide, *args, **kwargs) -> None:

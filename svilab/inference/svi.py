@@ -83,19 +83,25 @@ class _Objective:
     """``loss_fn`` evaluated for one step: the loss as a tensor, gradients accumulated, and the
     unconstrained parameters the step touched."""
 
-    def __init__(self, loss_fn, model, guide) -> None:
+    def __init__(self, loss_fn, model, guide, capture: bool = True) -> None:
         self.loss_fn, self.model, self.guide = loss_fn, model, guide   # stable references: Pyro's JIT keys on them
         self.differentiable = hasattr(loss_fn, "differentiable_loss")
+        self.capture = capture          # False for a compiled ELBO: its parameters are fixed at compilation
+
+    def _loss(self, args, kwargs) -> torch.Tensor:
+        if self.differentiable:
+            return self.loss_fn.differentiable_loss(self.model, self.guide, *args, **kwargs)
+        return torch.as_tensor(self.loss_fn.loss_and_grads(self.model, self.guide, *args, **kwargs))  # e.g. Renyi
 
     def __call__(self, args, kwargs) -> tuple[torch.Tensor, set[torch.Tensor]]:
-        with poutine.trace(param_only=True) as capture:
-            if self.differentiable:
-                loss = self.loss_fn.differentiable_loss(self.model, self.guide, *args, **kwargs)
-            else:   # e.g. RenyiELBO: only loss_and_grads
-                loss = torch.as_tensor(self.loss_fn.loss_and_grads(self.model, self.guide, *args, **kwargs))
+        if self.capture:
+            with poutine.trace(param_only=True) as capture:
+                loss = self._loss(args, kwargs)
+            params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+        else:
+            loss, params = self._loss(args, kwargs), set()
         if self.differentiable and loss.requires_grad:
             loss.backward()
-        params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
         return loss, params
 
 
@@ -153,11 +159,14 @@ def fit(model, guide, *args, loss="trace_elbo", lr: float = 0.01, lr_final: floa
         loss_fn = loss
     if seed is not None:
         pyro.set_rng_seed(seed)
-    with poutine.block(), torch.no_grad():   # create every parameter (the JIT needs them before tracing)
-        guide(*args, **kwargs)
+    with poutine.block(), torch.no_grad(), poutine.trace(param_only=True) as created:
+        guide(*args, **kwargs)               # create every parameter (the JIT needs them before tracing)
+    known = {site["value"].unconstrained() for site in created.trace.nodes.values()}
     if jit:    # compile off the RNG stream: the JIT and the eager run draw the same numbers
-        compile_quietly(loss_fn, model, guide, *args, **kwargs)
-    objective = _Objective(loss_fn, model, guide)
+        with poutine.trace(param_only=True) as compiled:    # the model's parameters too
+            compile_quietly(loss_fn, model, guide, *args, **kwargs)
+        known |= {site["value"].unconstrained() for site in compiled.trace.nodes.values()}
+    objective = _Objective(loss_fn, model, guide, capture=not jit)
     if progress is None:
         progress = sys.stderr.isatty()
     history = np.empty(0)
@@ -166,19 +175,20 @@ def fit(model, guide, *args, loss="trace_elbo", lr: float = 0.01, lr_final: floa
     stopped, message = False, f"ran all {steps} steps"
     bar = tqdm(total=steps, desc=description, disable=not progress, leave=False, mininterval=0.5)
     t0 = time.perf_counter()
-    optim: GuardedAdam | None = None
-    known: set[torch.Tensor] = set()
+    optim = GuardedAdam(known, lr=lr, lr_final=lr_final, steps=steps, clip=clip) if known else None
     try:
         for step in range(steps):
             with pyro.validation_enabled(validate and step == 0):
                 value, params = objective(args, kwargs)
-            if len(params) != len(known):
-                new = params - known
+            new = params - known                  # parameters the model or guide created in this step
+            if new:
                 known |= new
                 if optim is None:
                     optim = GuardedAdam(new, lr=lr, lr_final=lr_final, steps=steps, clip=clip)
                 else:
                     optim.add_params(new)
+            if optim is None:
+                raise ValueError("the model and guide have no parameters to fit (no pyro.param or module)")
             optim.step(value)
             if (step + 1) % check_every and step + 1 < steps:
                 continue
