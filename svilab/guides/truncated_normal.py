@@ -13,6 +13,22 @@ it equals the plain Normal to double precision.
 
 ``reparameterized=False`` gives the same distribution without ``rsample`` (``has_rsample`` is
 False), so Pyro's ELBOs fall back to the score-function estimator for that site.
+
+This module is the one place the truncated Normal's maths is written: the functions below (in
+:math:`\alpha = \mu/\sigma` and the standardized :math:`t = (z - \mu)/\sigma`) serve
+:class:`PositiveNormal`, the hand-written estimator family
+(:class:`svilab.inference.estimators.families.TruncatedNormalFamily`) and the exact ELBO's
+quadrature rule (:mod:`svilab.inference.exact_elbo`). With the inverse Mills ratio
+:math:`\rho(\alpha) = \varphi(\alpha)/\Phi(\alpha)`:
+
+.. math::
+
+    E[z] = \mu + \sigma\rho, \qquad \mathrm{Var}[z] = \sigma^2 (1 - \alpha\rho - \rho^2), \qquad
+    H = \tfrac12\log(2\pi e) + \log\sigma + \log\Phi(\alpha) - \tfrac12\alpha\rho,
+
+:math:`dH/d\alpha = \tfrac12\rho(1 + \alpha^2 + \alpha\rho)`. :math:`\Phi(\alpha)` is always taken
+from ``log_ndtr``: torch's ``ndtr(alpha)`` is already 0 at :math:`\alpha = -10` (``1 - erf``
+cancels), where the distribution is still well defined.
 """
 
 from __future__ import annotations
@@ -25,7 +41,64 @@ from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 from torch.special import log_ndtr, ndtr, ndtri
 
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+#: below this mu/sigma the mass Phi(mu/sigma) underflows float64 (Phi(-37.5) ~ 5e-308)
+MIN_ALPHA = -37.0
+
+
+def log_mass(alpha: torch.Tensor) -> torch.Tensor:
+    """:math:`\\log\\Phi(\alpha)`, the log of the Normal's mass on (0, inf)."""
+    return log_ndtr(alpha)
+
+
+def mills(alpha: torch.Tensor) -> torch.Tensor:
+    """The inverse Mills ratio :math:`\varphi(\alpha)/\\Phi(\alpha)`, stable for large :math:`|\alpha|`."""
+    return torch.exp(-0.5 * alpha**2 - HALF_LOG_2PI - log_ndtr(alpha))
+
+
+def check_alpha(alpha: torch.Tensor) -> None:
+    """Raise where :math:`\\Phi(\alpha)` underflows float64 (no sample or density is computable)."""
+    if (alpha < MIN_ALPHA).any():
+        raise ValueError(f"truncated Normal guide: mu/sigma = {alpha.min().item():.4g} < {MIN_ALPHA:g} puts "
+                         "all its mass beyond float64's range (Phi(mu/sigma) underflows); choose a larger mu "
+                         "or sigma")
+
+
+def standardized_sample(alpha: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The standardized draw :math:`t = -\\Phi^{-1}(\\epsilon\\,\\Phi(\alpha))` whose survival
+    probability is ``eps`` (accurate in both tails)."""
+    return -ndtri(eps * torch.exp(log_ndtr(alpha)))
+
+
+def log_density(t: torch.Tensor, sigma: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """:math:`\\log q(z) = -t^2/2 - \\log\\sqrt{2\\pi} - \\log\\sigma - \\log\\Phi(\alpha)` at
+    :math:`t = (z - \\mu)/\\sigma` (for z > 0)."""
+    return -0.5 * t**2 - (HALF_LOG_2PI + torch.log(sigma) + log_ndtr(alpha))
+
+
+def mean(mu, sigma):
+    """:math:`E[z] = \\mu + \\sigma\rho(\alpha)`."""
+    return mu + sigma * mills(mu / sigma)
+
+
+def variance(mu, sigma):
+    """:math:`\\mathrm{Var}[z] = \\sigma^2 (1 - \alpha\rho - \rho^2)`."""
+    a = mu / sigma
+    rho = mills(a)
+    return sigma**2 * (1 - a * rho - rho**2)
+
+
+def entropy(mu, sigma):
+    """:math:`H = \tfrac12\\log(2\\pi e) + \\log\\sigma + \\log\\Phi(\alpha) - \tfrac12\alpha\rho`."""
+    a = mu / sigma
+    return 0.5 + HALF_LOG_2PI + torch.log(sigma) + log_ndtr(a) - 0.5 * a * mills(a)
+
+
+def entropy_dalpha(alpha):
+    """:math:`dH/d\alpha = \tfrac12\rho(1 + \alpha^2 + \alpha\rho)` (at fixed sigma)."""
+    rho = mills(alpha)
+    return 0.5 * rho * (1 + alpha**2 + alpha * rho)
 
 
 class PositiveNormal(TorchDistribution):
@@ -59,7 +132,7 @@ class PositiveNormal(TorchDistribution):
 
     def icdf_survival(self, eps: torch.Tensor) -> torch.Tensor:
         """The z whose survival probability is ``eps`` (the sampling map)."""
-        t = -ndtri(eps * ndtr(self._alpha))
+        t = standardized_sample(self._alpha, eps)
         return torch.clamp(self.loc + self.scale * t, min=torch.finfo(t.dtype).tiny)
 
     def rsample(self, sample_shape=torch.Size()):
@@ -75,8 +148,7 @@ class PositiveNormal(TorchDistribution):
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        t = (value - self.loc) / self.scale
-        lp = -0.5 * t**2 - _HALF_LOG_2PI - torch.log(self.scale) - log_ndtr(self._alpha)
+        lp = log_density((value - self.loc) / self.scale, self.scale, self._alpha)
         return torch.where(value > 0, lp, torch.full_like(lp, -math.inf))
 
     def cdf(self, value):
@@ -85,16 +157,11 @@ class PositiveNormal(TorchDistribution):
 
     @property
     def mean(self):
-        rho = torch.exp(-0.5 * self._alpha**2 - _HALF_LOG_2PI - log_ndtr(self._alpha))
-        return self.loc + self.scale * rho
+        return mean(self.loc, self.scale)
 
     @property
     def variance(self):
-        a = self._alpha
-        rho = torch.exp(-0.5 * a**2 - _HALF_LOG_2PI - log_ndtr(a))
-        return self.scale**2 * (1 - a * rho - rho**2)
+        return variance(self.loc, self.scale)
 
     def entropy(self):
-        a = self._alpha
-        rho = torch.exp(-0.5 * a**2 - _HALF_LOG_2PI - log_ndtr(a))
-        return 0.5 + _HALF_LOG_2PI + torch.log(self.scale) + log_ndtr(a) - 0.5 * a * rho
+        return entropy(self.loc, self.scale)

@@ -79,9 +79,7 @@ class CAVIResult:
 def elbo(model: PoissonGamma, q_u: GammaFactor, q_v: GammaFactor) -> float:
     """Closed-form ELBO of the mean-field Gamma family at (q_u, q_v)."""
     m = model
-    log_kappa = (m.a_u * math.log(m.b_u) + m.a_v * math.log(m.b_v) - math.lgamma(m.a_u)
-                 - math.lgamma(m.a_v) - m.log_factorials)
-    e_log_p = (log_kappa
+    e_log_p = (m.log_normaliser
                + (m.a_u + m.S - 1) * q_u.mean_log - m.b_u * q_u.mean
                + (m.a_v + m.S - 1) * q_v.mean_log - m.b_v * q_v.mean
                - m.N * q_u.mean * q_v.mean)

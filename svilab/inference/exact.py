@@ -32,7 +32,6 @@ CDF, quantiles, inverse-CDF sampling) derives from that one rule, accurate to ~1
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -155,16 +154,6 @@ class Marginal1D:
         return self.quantile(u)
 
 
-@dataclass
-class ExactSummary:
-    log_evidence: float
-    mean_u: float
-    sd_u: float
-    mean_v: float
-    sd_v: float
-    corr: float
-
-
 class ExactPosterior:
     """Exact posterior p(u, v | x) of a :class:`~svilab.models.PoissonGamma` model.
 
@@ -178,9 +167,7 @@ class ExactPosterior:
             "v": Marginal1D(m.a_v + m.S, m.b_v, m.b_u, m.a_u + m.S, m.N),
             "u": Marginal1D(m.a_u + m.S, m.b_u, m.b_v, m.a_v + m.S, m.N),
         }
-        log_kappa = (m.a_u * math.log(m.b_u) + m.a_v * math.log(m.b_v) - math.lgamma(m.a_u)
-                     - math.lgamma(m.a_v) - m.log_factorials)
-        self.log_evidence = log_kappa + math.lgamma(m.a_u + m.S) + self.marginals["v"].log_norm
+        self.log_evidence = m.log_normaliser + math.lgamma(m.a_u + m.S) + self.marginals["v"].log_norm
         self.mean, self.sd = {}, {}
         for name, mg in self.marginals.items():
             mean = mg.expect(lambda w: w)
@@ -255,9 +242,4 @@ def _check_name(name: str) -> str:
     return name
 
 
-def gamma_moments(shape: float, rate: float) -> tuple[float, float]:
-    """Mean and sd of Gamma(shape, rate)."""
-    return shape / rate, math.sqrt(shape) / rate
-
-
-__all__ = ["ExactPosterior", "Marginal1D", "gamma_moments"]
+__all__ = ["ExactPosterior", "Marginal1D"]

@@ -24,7 +24,6 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch.special import log_ndtr
 
 from svilab.inference.estimators.base import Target, check_params
 from svilab.inference.estimators.families import Family, get_family
@@ -45,26 +44,10 @@ def _tanh_sinh(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 def factor_rule(family: Family, mu: torch.Tensor, sigma: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nodes z and weights w with :math:`\\sum_k w_k f(z_k) \\approx E_q[f(z)]` for one factor."""
-    if family.name == "normal":
-        alpha = mu / sigma
-        a = torch.clamp(-alpha, min=-_L)
-        b = torch.clamp(-alpha, min=0.0) + _L
-        s, w = _tanh_sinh(a, b)
-        t = a + (b - a) * s
-        # z = mu + sigma t, written so that z -> 0+ exactly at the truncation point
-        offset = torch.where(-alpha > -_L, torch.zeros_like(mu), mu + sigma * a)
-        z = sigma * (b - a) * s + offset
-        logw = -0.5 * t**2 - 0.5 * math.log(2 * math.pi) - log_ndtr(alpha)
-        return z, w * torch.exp(logw)
-    if family.name in ("lognormal", "gaussian"):
-        a, b = torch.tensor(-_L, dtype=mu.dtype), torch.tensor(_L, dtype=mu.dtype)
-        s, w = _tanh_sinh(a, b)
-        n = a + (b - a) * s
-        z = mu + sigma * n
-        weights = w * torch.exp(-0.5 * n**2 - 0.5 * math.log(2 * math.pi))
-        return (torch.exp(z) if family.name == "lognormal" else z), weights
-    raise ValueError(f"no quadrature rule for family {family.name!r}")
+    """Nodes z and weights w with :math:`\\sum_k w_k f(z_k) \\approx E_q[f(z)]` for one factor: the
+    family's own standardized variable (:meth:`~svilab.inference.estimators.families.Family.quadrature`)
+    on the tanh-sinh rule."""
+    return family.quadrature(mu, sigma, _tanh_sinh, bound=_L)
 
 
 def exact_elbo(target: Target | Callable, family: Family | str, params,

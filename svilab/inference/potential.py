@@ -48,7 +48,9 @@ class UnconstrainedTarget(Target):
             self.transforms[name], self.shapes[name] = t, ushape
             self.sizes[name] = math.prod(ushape)
             names += [name] if not ushape else [f"{name}[{i + 1}]" for i in range(self.sizes[name])]
-        super().__init__(self._log_joint, None, dim=sum(self.sizes.values()), names=tuple(names))
+        super().__init__(self._log_joint, None, dim=sum(self.sizes.values()))
+        #: coordinate names, Stan's style (``beta[2]``)
+        self.names = tuple(names)
         cells = max(1, sum(v.numel() for v in sites.observed.values()))
         #: the largest batch evaluated at once (estimate() chunks by it)
         self.max_batch = max(256, MAX_CELLS // cells)

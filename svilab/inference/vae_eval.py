@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import kl_divergence
 
 from svilab.models.vae import VAE
 from svilab.validation import positive_int
@@ -38,11 +38,10 @@ def elbo(vae: VAE, x: torch.Tensor, samples: int = 1, batch: int = 1000) -> tupl
     samples = positive_int(samples, "samples")
     values = []
     for xb in _batches(x, batch):
-        loc, scale = vae.encode(xb)
-        q = Normal(loc, scale)
+        q = vae.posterior(xb)
         z = q.rsample((samples,))                                   # (S, B, K)
         log_lik = vae.likelihood(vae.decode(z)).log_prob(xb).mean(0)  # (B,)
-        kl = kl_divergence(q, Normal(torch.zeros_like(loc), torch.ones_like(scale))).sum(-1)
+        kl = kl_divergence(q, vae.prior(len(xb), xb.dtype))         # (B,), closed form
         values.append(log_lik - kl)
     v = torch.cat(values).double()
     return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0
@@ -56,14 +55,13 @@ def iwae_log_likelihood(vae: VAE, x: torch.Tensor, k: int = 5000, chunk: int = 5
     chunk = positive_int(chunk, "chunk")
     values = []
     for xb in _batches(x, batch):
-        loc, scale = vae.encode(xb)
-        q = Normal(loc, scale)
+        q = vae.posterior(xb)
         acc = torch.full((len(xb),), -math.inf, dtype=torch.float64)   # running logsumexp: memory bounded in k
         for start in range(0, k, chunk):
             n = min(chunk, k - start)
             z = q.sample((n,))                                      # (n, B, K)
             log_lik, log_prior = vae.log_joint_terms(xb, z)
-            acc = torch.logaddexp(acc, torch.logsumexp(log_lik + log_prior - q.log_prob(z).sum(-1), 0).double())
+            acc = torch.logaddexp(acc, torch.logsumexp(log_lik + log_prior - q.log_prob(z), 0).double())
         values.append(acc - math.log(k))
     v = torch.cat(values).double()
     return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0

@@ -129,8 +129,16 @@ class VAE(PyroModule):
         return dist.Normal(out, self.config.sigma).to_event(1)
 
     def prior(self, batch: int, dtype=torch.float32) -> dist.Distribution:
+        r""":math:`p(z) = \mathcal N(0, I_K)` for ``batch`` images (event shape ``(K,)``): the one
+        definition of the prior, used by the model and by the evaluation."""
         k = self.config.latent_dim
         return dist.Normal(torch.zeros(batch, k, dtype=dtype), torch.ones(batch, k, dtype=dtype)).to_event(1)
+
+    def posterior(self, x: torch.Tensor) -> dist.Distribution:
+        r"""The encoder's :math:`q(z \mid x) = \mathcal N(\mathrm{loc}(x), \mathrm{diag\,scale}(x)^2)`
+        (event shape ``(K,)``), used by the guide and by the evaluation."""
+        loc, scale = self.encode(x)
+        return dist.Normal(loc, scale).to_event(1)
 
     def mean_image(self, out: torch.Tensor) -> torch.Tensor:
         """E[x | z] from the decoder output (probabilities or means)."""
@@ -146,14 +154,13 @@ class VAE(PyroModule):
     def guide(self, x: torch.Tensor) -> None:
         pyro.module("encoder", self.encoder)
         with pyro.plate("data", x.shape[0]):
-            loc, scale = self.encode(x)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            pyro.sample("z", self.posterior(x))
 
     # ---------------------------------------------------------------- exact pieces for evaluation
     def log_joint_terms(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r""":math:`\log p(x \mid z)` and :math:`\log p(z)` for ``z`` of shape ``(S, B, K)`` -> ``(S, B)`` each."""
         log_lik = self.likelihood(self.decode(z)).log_prob(x)
-        log_prior = dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        log_prior = self.prior(z.shape[-2], z.dtype).log_prob(z)
         return log_lik, log_prior
 
 

@@ -37,12 +37,10 @@ class Target:
         computed with ``torch.autograd`` when omitted.
     """
 
-    def __init__(self, log_joint: Callable, grad: Callable | None = None, dim: int = 2,
-                 names: tuple[str, ...] = ("u", "v")) -> None:
+    def __init__(self, log_joint: Callable, grad: Callable | None = None, dim: int = 2) -> None:
         self.log_joint = log_joint
         self._grad = grad
         self.dim = dim
-        self.names = names
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return self.log_joint(z)
@@ -57,23 +55,12 @@ class Target:
 
     @classmethod
     def from_poisson_gamma(cls, model) -> Target:
-        r"""The Poisson-Gamma log joint with its hand-written gradient, through the sufficient
-        statistics: :math:`c + (a_u+S-1)\log u + (a_v+S-1)\log v - b_u u - b_v v - N u v` for
-        u, v > 0 (the guide families here only produce positive z)."""
-        m = model
-        const = (m.a_u * math.log(m.b_u) - math.lgamma(m.a_u) + m.a_v * math.log(m.b_v)
-                 - math.lgamma(m.a_v) - m.log_factorials)
-        ku, kv = m.a_u + m.S - 1, m.a_v + m.S - 1
-
-        def log_joint(z):
-            u, v = z[0], z[1]
-            return ku * torch.log(u) + kv * torch.log(v) - u * (m.b_u + m.N * v) - m.b_v * v + const
-
-        def grad(z):
-            u, v = z[0], z[1]
-            return torch.stack((ku / u - m.b_u - m.N * v, kv / v - m.b_v - m.N * u), 0)
-
-        return cls(log_joint, grad)
+        """The Poisson-Gamma log joint and its hand-written gradient, latent-first: the model's own
+        :meth:`~svilab.models.PoissonGamma.log_joint_positive` and
+        :meth:`~svilab.models.PoissonGamma.grad_log_joint` (the guide families here only produce
+        positive z)."""
+        return cls(lambda z: model.log_joint_positive(z[0], z[1]),
+                   lambda z: torch.stack(model.grad_log_joint(z[0], z[1]), 0))
 
 
 class Estimator:

@@ -58,17 +58,11 @@ score :math:`(n/\sigma, (n^2 - 1)/\sigma)`; :math:`\partial_z \log q = -(1 + n/\
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.special import log_ndtr, ndtr, ndtri
 
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def _mills(alpha: torch.Tensor) -> torch.Tensor:
-    """phi(alpha) / Phi(alpha), stable for large |alpha|."""
-    return torch.exp(-0.5 * alpha**2 - _HALF_LOG_2PI - log_ndtr(alpha))
+from svilab.guides import truncated_normal as tn
+from svilab.guides.truncated_normal import HALF_LOG_2PI as _HALF_LOG_2PI
 
 
 def _split(params: torch.Tensor, like: torch.Tensor | None = None):
@@ -115,8 +109,23 @@ class Family:
         """d H_i / d(loc_i, scale_i), shape (D, 2)."""
         raise NotImplementedError
 
-    def support_lower(self) -> float:
-        return 0.0
+    def quadrature(self, mu, sigma, rule):
+        """Nodes z and weights w with :math:`\\sum_k w_k f(z_k) \approx E_q[f(z)]` for one factor
+        (scalar ``mu``, ``sigma``), from ``rule(a, b) -> (s, w)``: nodes as fractions of [a, b]
+        of the standardized variable and their weights (:mod:`svilab.inference.exact_elbo`)."""
+        raise NotImplementedError
+
+    def pyro_distribution(self, loc, scale, reparameterized: bool = True):
+        """The same factor as a Pyro distribution (without ``rsample`` when not ``reparameterized``)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _normal_quadrature(mu, sigma, rule, bound: float):
+        """The standard Normal's rule on [-bound, bound], as (n, weights)."""
+        a, b = torch.tensor(-bound, dtype=mu.dtype), torch.tensor(bound, dtype=mu.dtype)
+        s, w = rule(a, b)
+        n = a + (b - a) * s
+        return n, w * torch.exp(-0.5 * n**2 - _HALF_LOG_2PI)
 
 
 class TruncatedNormalFamily(Family):
@@ -126,30 +135,21 @@ class TruncatedNormalFamily(Family):
     #: above this alpha, dt/dalpha < 5e-17 wherever t > -alpha/2 (bound exp(-3 alpha^2 / 8))
     _FAST_ALPHA = 10.0
 
-    #: below this mu/sigma the mass Phi(mu/sigma) underflows float64 (Phi(-37.5) ~ 5e-308)
-    MIN_ALPHA = -37.0
-
     def sample(self, params, eps):
         mu, sigma = _split(params, eps)
         alpha = mu / sigma
-        if (alpha < self.MIN_ALPHA).any():
-            raise ValueError(f"truncated Normal guide: mu/sigma = {alpha.min().item():.4g} < {self.MIN_ALPHA:g} puts "
-                             "all its mass beyond float64's range (Phi(mu/sigma) underflows); choose a larger mu "
-                             "or sigma")
-        # Phi(alpha) from log_ndtr: torch's ndtr(alpha) is 0 already at alpha = -10 (1 - erf cancels)
-        t = -ndtri(eps * torch.exp(log_ndtr(alpha)))
-        z = mu + sigma * t
+        tn.check_alpha(alpha)
+        z = mu + sigma * tn.standardized_sample(alpha, eps)
         return torch.clamp_(z, min=torch.finfo(z.dtype).tiny)
 
     def log_prob(self, params, z):
         mu, sigma = _split(params, z)
-        t = (z - mu) / sigma
-        return -0.5 * t**2 - (_HALF_LOG_2PI + torch.log(sigma) + log_ndtr(mu / sigma))
+        return tn.log_density((z - mu) / sigma, sigma, mu / sigma)
 
     def score(self, params, z):
         mu, sigma = _split(params, z)
         alpha = mu / sigma
-        rho = _mills(alpha)
+        rho = tn.mills(alpha)
         t = (z - mu) / sigma
         return _stack2((t - rho) / sigma, (t**2 - 1 + alpha * rho) / sigma)
 
@@ -187,17 +187,28 @@ class TruncatedNormalFamily(Family):
         return -(z - mu) / sigma**2
 
     def entropy(self, params):
-        mu, sigma = _split(params)
-        alpha = mu / sigma
-        return (0.5 + _HALF_LOG_2PI + torch.log(sigma) + log_ndtr(alpha)
-                - 0.5 * alpha * _mills(alpha))
+        return tn.entropy(*_split(params))
 
     def entropy_grad(self, params):
         mu, sigma = _split(params)
         alpha = mu / sigma
-        rho = _mills(alpha)
-        dh = 0.5 * rho * (1 + alpha**2 + alpha * rho)
+        dh = tn.entropy_dalpha(alpha)
         return torch.stack((dh / sigma, 1 / sigma - alpha * dh / sigma), -1)
+
+    def quadrature(self, mu, sigma, rule, bound: float = 12.0):
+        """t on (-alpha, -alpha + bound) or (-bound, bound), with the truncated density as weight."""
+        alpha = mu / sigma
+        a = torch.clamp(-alpha, min=-bound)
+        b = torch.clamp(-alpha, min=0.0) + bound
+        s, w = rule(a, b)
+        t = a + (b - a) * s
+        # z = mu + sigma t, written so that z -> 0+ exactly at the truncation point
+        offset = torch.where(-alpha > -bound, torch.zeros_like(mu), mu + sigma * a)
+        z = sigma * (b - a) * s + offset
+        return z, w * torch.exp(tn.log_density(t, torch.ones_like(sigma), alpha))
+
+    def pyro_distribution(self, loc, scale, reparameterized: bool = True):
+        return tn.PositiveNormal(loc, scale, reparameterized=reparameterized)
 
 
 class LogNormalFamily(Family):
@@ -239,6 +250,18 @@ class LogNormalFamily(Family):
         mu, sigma = _split(params)
         return torch.stack((torch.ones_like(mu), 1 / sigma), -1)
 
+    def quadrature(self, mu, sigma, rule, bound: float = 12.0):
+        n, w = self._normal_quadrature(mu, sigma, rule, bound)
+        return torch.exp(mu + sigma * n), w
+
+    def pyro_distribution(self, loc, scale, reparameterized: bool = True):
+        import pyro.distributions as dist
+
+        d = dist.LogNormal(loc, scale)
+        if not reparameterized:
+            d.has_rsample = False
+        return d
+
 
 class GaussianFamily(Family):
     """Normal(loc, scale) on the real line per coordinate (a user model's unconstrained space)."""
@@ -274,6 +297,18 @@ class GaussianFamily(Family):
     def entropy_grad(self, params):
         mu, sigma = _split(params)
         return torch.stack((torch.zeros_like(mu), 1 / sigma), -1)
+
+    def quadrature(self, mu, sigma, rule, bound: float = 12.0):
+        n, w = self._normal_quadrature(mu, sigma, rule, bound)
+        return mu + sigma * n, w
+
+    def pyro_distribution(self, loc, scale, reparameterized: bool = True):
+        import pyro.distributions as dist
+
+        d = dist.Normal(loc, scale)
+        if not reparameterized:
+            d.has_rsample = False
+        return d
 
 
 FAMILIES: dict[str, Family] = {"normal": TruncatedNormalFamily(), "lognormal": LogNormalFamily(),

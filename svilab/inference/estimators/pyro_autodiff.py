@@ -17,24 +17,15 @@ get the same noise from :func:`pyro_noise`.
 from __future__ import annotations
 
 import pyro
-import pyro.distributions as dist
 import torch
 
-from svilab.guides.truncated_normal import PositiveNormal
 from svilab.inference.estimators.families import Family, get_family
 
 
 def _guide_fn(family: Family, params: torch.Tensor, reparameterized: bool, names=("u", "v")):
     def guide():
         for i, name in enumerate(names):
-            loc, scale = params[i, 0], params[i, 1]
-            if family.name == "normal":
-                d = PositiveNormal(loc, scale, reparameterized=reparameterized)
-            else:
-                d = dist.LogNormal(loc, scale)
-                if not reparameterized:
-                    d.has_rsample = False
-            pyro.sample(name, d)
+            pyro.sample(name, family.pyro_distribution(params[i, 0], params[i, 1], reparameterized))
     return guide
 
 
