@@ -25,8 +25,7 @@ import warnings
 import pyro
 import torch
 
-from svilab.experiments.posterior import GUIDE_DEFAULTS
-from svilab.guides import GUIDES, JIT_GUIDES, make_guide
+from svilab.guides import GUIDES, guide_spec, make_guide
 from svilab.inference.svi import fit, make_optimizer
 from svilab.models import PoissonGamma
 
@@ -49,7 +48,7 @@ def svilab(pg, name, cfg) -> float:
     guide = make_guide(name, pg.model)
     t0 = time.perf_counter()
     fit(pg.model, guide, steps=cfg["steps"], num_particles=cfg["particles"], lr=cfg["lr"],
-        lr_final=cfg["lr"] / 40, jit=name in JIT_GUIDES, max_plate_nesting=1, seed=0)
+        lr_final=cfg["lr"] / 40, jit=guide_spec(name).jit, max_plate_nesting=1, seed=0)
     return time.perf_counter() - t0
 
 
@@ -62,11 +61,11 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     pg = PoissonGamma()
-    first = svilab(pg, "lognormal", GUIDE_DEFAULTS["default"])
+    first = svilab(pg, "lognormal", guide_spec("lognormal").schedule)
     print(f"first fit after imports (lognormal, 2000 x 16, compilation included): {first:.2f} s")
     print(f"{'guide':10s} {'steps x particles':>18s} {'plain (s)':>10s} {'svilab (s)':>11s} {'ratio':>6s}")
     for name in args.guides:
-        cfg = GUIDE_DEFAULTS.get(name, GUIDE_DEFAULTS["default"])
+        cfg = guide_spec(name).schedule
         a, b = [], []
         for _ in range(args.repeat):
             a.append(plain(pg, name, cfg))

@@ -10,7 +10,8 @@ import numpy as np
 import pyro
 import pytest
 
-from svilab.experiments.posterior_user import USER_SVI, check_user_model, fit_user_guide, laplace_start
+from svilab.experiments.posterior_user import check_user_model, fit_user_guide, laplace_start
+from svilab.guides import guide_spec
 from svilab.inference.draws import flat_draws
 from svilab.inference.mcmc import run_nuts
 from svilab.inference.reference import read_reference, worst_mean_error
@@ -63,7 +64,7 @@ def test_guides_are_close_or_warn(example):
         assert start[1].ok, start[1].message  # every shared posterior has a usable mode
         for name in ("lognormal", "mvn"):
             pyro.clear_param_store()
-            cfg = dict(USER_SVI["default"], steps=1500)
+            cfg = dict(guide_spec("lognormal").user_schedule, steps=1500)
             method, _ = fit_user_guide(um, name, cfg, config, sites, start)
             worst = worst_mean_error(method.compare(ref))
             assert worst < 0.3 or method.warnings, (name, worst)

@@ -22,7 +22,6 @@ from svilab.experiments.common import Reporter, add_model_args, add_run_args, mo
 from svilab.experiments.posterior_user import (
     DEFAULT_GUIDES,
     USER_LR,
-    USER_SVI,
     check_user_model,
     nuts_method,
     parameter_names,
@@ -30,13 +29,13 @@ from svilab.experiments.posterior_user import (
     run_user,
 )
 from svilab.experiments.runs import RunFolder
-from svilab.guides import GUIDES, JIT_GUIDES, PositiveNormal, guide_name, make_guide
+from svilab.guides import GUIDE_SPECS, GUIDES, PositiveNormal, guide_name, guide_spec, make_guide
 from svilab.inference.cavi import GammaFactor, cavi
 from svilab.inference.cavi import elbo as gamma_elbo
 from svilab.inference.diagnostics import convergence_warnings, pareto_k_warnings
 from svilab.inference.exact import ExactPosterior
 from svilab.inference.init import INIT_STRATEGIES
-from svilab.inference.losses import LOSSES, loss_name
+from svilab.inference.losses import LOSSES, command_loss, command_losses, loss_spec
 from svilab.inference.mcmc import run_nuts
 from svilab.inference.reference import read_reference
 from svilab.inference.summaries import (
@@ -52,20 +51,15 @@ from svilab.models.poisson_gamma import PoissonGamma
 from svilab.models.user import UserModel, float64_default
 from svilab.validation import choice, positive, positive_int
 
-#: SVI settings per guide (the flow's steps cost ~5x more, so it takes fewer, larger-batch steps)
-GUIDE_DEFAULTS = {
-    "flow": {"steps": 800, "particles": 128, "lr": 0.03},
-    "default": {"steps": 2000, "particles": 16, "lr": 0.02},
-}
-SVI_LOSSES = ("trace_elbo", "meanfield_elbo", "renyi")
-COLORS = {"normal": "tab:orange", "lognormal": "tab:green", "gamma": "tab:red", "mvn": "tab:purple",
-          "flow": "tab:brown", "nuts": "tab:gray", "cavi": "tab:pink"}
+#: every method's colour in the figures: the guides' own (:class:`svilab.guides.GuideSpec`), NUTS, CAVI
+COLORS = {**{n: s.color for n, s in GUIDE_SPECS.items()}, "nuts": "tab:gray", "cavi": "tab:pink"}
 
 
-def settings(guide: str, steps: int | None, particles: int | None, lr: float | None,
-             defaults: dict | None = None) -> dict:
-    defaults = GUIDE_DEFAULTS if defaults is None else defaults
-    base = defaults.get(guide, defaults["default"])
+def settings(guide: str, steps: int | None, particles: int | None, lr: float | None, user: bool = False) -> dict:
+    """The SVI schedule of ``guide`` (its :class:`~svilab.guides.GuideSpec` schedule, for the
+    Poisson-Gamma model or a user's model), with the options given overriding it."""
+    spec = guide_spec(guide)
+    base = spec.user_schedule if user else spec.schedule
     return {"steps": base["steps"] if steps is None else positive_int(steps, "--steps"),
             "particles": base["particles"] if particles is None else positive_int(particles, "--particles"),
             "lr": base["lr"] if lr is None else positive(lr, "--lr")}
@@ -97,7 +91,7 @@ def fit_guide(model: PoissonGamma, name: str, loss: str, alpha: float | None, cf
     """Fit guide ``name`` and evaluate it; returns the method row and the loss history."""
     pyro.clear_param_store()
     guide = make_guide(name, model.model, init=init)
-    jit = name in JIT_GUIDES and loss != "renyi"
+    jit = guide_spec(name).jit and loss_spec(loss).jit
     diverged = []
     try:
         result = fit(model.model, guide, loss=loss, alpha=alpha, steps=cfg["steps"], num_particles=cfg["particles"],
@@ -265,16 +259,15 @@ def register(sub) -> None:
     g.add_argument("--max-error", type=float, default=0.5,
                    help="with --reference: warn when a mean is more than this many reference sds off")
     g.add_argument("--nuts", action="store_true", help="also run NUTS (the MCMC reference)")
-    g.add_argument("--loss", default="trace_elbo", help=f"SVI objective, from: {', '.join(SVI_LOSSES)}")
+    g.add_argument("--loss", default="trace_elbo",
+                   help=f"SVI objective, from: {', '.join(command_losses('posterior'))}")
     g.add_argument("--alpha", type=float, default=None, help="Renyi alpha for --loss renyi (default 0.5)")
     g.add_argument("--steps", type=int, default=None,
-                   help="SVI steps per guide (default: 2000, 800 for the flow; --model: "
-                        f"{USER_SVI['default']['steps']}, {USER_SVI['flow']['steps']} for the flow)")
+                   help=f"SVI steps per guide (default: {_schedules('steps')})")
     g.add_argument("--particles", type=int, default=None,
-                   help="Monte Carlo samples per step, vectorized (default: 16; 128 for the flow; --model: "
-                        f"{USER_SVI['default']['particles']}, {USER_SVI['flow']['particles']} for the flow)")
+                   help=f"Monte Carlo samples per step, vectorized (default: {_schedules('particles')})")
     g.add_argument("--lr", type=float, default=None,
-                   help="initial Adam learning rate, decayed 40x over the run (default: 0.02; 0.03 for the flow; "
+                   help=f"initial Adam learning rate, decayed 40x over the run (default: {_schedules('lr')}; "
                         f"--model: {USER_LR['laplace']} after a Laplace start, {USER_LR['other']} otherwise)")
     g.add_argument("--draws", type=int, default=4000, help="posterior draws per guide for moments and ArviZ")
     g.add_argument("--elbo-samples", type=int, default=100_000, help="Monte Carlo samples for the final ELBO")
@@ -283,6 +276,22 @@ def register(sub) -> None:
     g.add_argument("--chains", type=int, default=4, help="NUTS chains")
     add_run_args(p)
     p.set_defaults(func=main)
+
+
+def _schedules(key: str) -> str:
+    """The guides' default values of one SVI setting, for the help text (from their specs)."""
+    def values(attr):
+        got = {}
+        for name, spec in GUIDE_SPECS.items():
+            v = getattr(spec, attr)[key]
+            if v is not None:
+                got.setdefault(v, []).append(name)
+        common = max(got, key=lambda v: len(got[v])) if got else None
+        return "; ".join([f"{common:g}"] + [f"{v:g} for {', '.join(n)}" for v, n in got.items() if v != common])
+    text = values("schedule")
+    if key != "lr":
+        text += f"; --model: {values('user_schedule')}"
+    return text
 
 
 def default_args(*argv: str) -> argparse.Namespace:
@@ -294,15 +303,12 @@ def default_args(*argv: str) -> argparse.Namespace:
 
 def config_from_args(args: argparse.Namespace, model) -> dict:
     user = isinstance(model, UserModel)
-    defaults = USER_SVI if user else GUIDE_DEFAULTS
     guides = [guide_name(g) for g in (args.guides or (DEFAULT_GUIDES if user else list(GUIDES)))]
     if len(set(guides)) != len(guides):
         raise ValueError(f"--guides: {', '.join(g for g in guides if guides.count(g) > 1)} given twice")
-    loss = loss_name(args.loss)
-    if loss not in SVI_LOSSES:
-        raise ValueError(f"loss {args.loss!r} is for the VAE; svilab posterior takes: {', '.join(SVI_LOSSES)}")
+    loss = command_loss(args.loss, "posterior").name
     if loss == "renyi":
-        if min(settings(g, args.steps, args.particles, args.lr, defaults)["particles"] for g in guides) < 2:
+        if min(settings(g, args.steps, args.particles, args.lr, user)["particles"] for g in guides) < 2:
             raise ValueError("--loss renyi needs --particles >= 2")
         if args.alpha is not None and not (math.isfinite(args.alpha) and args.alpha != 1):
             raise ValueError(f"--alpha must be a finite number other than 1 for --loss renyi, got {args.alpha}")
@@ -323,7 +329,7 @@ def config_from_args(args: argparse.Namespace, model) -> dict:
         extra = {"init": init}
     return {"command": "posterior", "guides": guides, "loss": loss, "alpha": args.alpha, "seed": args.seed,
             **extra,
-            "svi": {g: settings(g, args.steps, args.particles, args.lr, defaults) for g in guides},
+            "svi": {g: settings(g, args.steps, args.particles, args.lr, user) for g in guides},
             "draws": positive_int(args.draws, "--draws"),
             "elbo_samples": positive_int(args.elbo_samples, "--elbo-samples", minimum=2),  # an SE needs 2
             "nuts": bool(args.nuts),

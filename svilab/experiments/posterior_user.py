@@ -22,7 +22,7 @@ import torch
 
 from svilab.experiments.common import Reporter
 from svilab.experiments.runs import RunFolder
-from svilab.guides import JIT_GUIDES, make_guide
+from svilab.guides import GUIDE_SPECS, guide_spec, make_guide
 from svilab.inference.diagnostics import (
     convergence_warnings,
     mcmc_warnings,
@@ -30,6 +30,7 @@ from svilab.inference.diagnostics import (
     reference_warnings,
 )
 from svilab.inference.draws import flat_draws, guide_draws
+from svilab.inference.losses import loss_spec
 from svilab.inference.mcmc import run_nuts
 from svilab.inference.reference import Reference, read_reference, worst_mean_error
 from svilab.inference.sites import model_sites
@@ -46,16 +47,11 @@ from svilab.inference.svi import DivergenceError, fit
 from svilab.models.user import UserModel, float64_default
 
 #: guides fitted by default to a user's model (the hand-written positive guides need positive sites)
-DEFAULT_GUIDES = ["lognormal", "mvn", "flow"]
-#: SVI schedule for user models (lr decays 40x over the run; None: :data:`USER_LR`)
-USER_SVI = {"flow": {"steps": 3000, "particles": 32, "lr": None},
-            "default": {"steps": 3000, "particles": 16, "lr": None}}
+DEFAULT_GUIDES = [n for n, s in GUIDE_SPECS.items() if s.any_model]
 #: initial learning rate when none is given: small after a Laplace start (the guide starts near the
 #: posterior and Adam's steps of ~lr per coordinate must stay below the posterior sds), larger from
 #: a random start (the guide must travel)
 USER_LR = {"laplace": 0.01, "other": 0.05}
-#: guides that can start at a Laplace approximation (the others keep their own init)
-LAPLACE_GUIDES = frozenset({"lognormal", "mvn", "flow"})
 
 
 def parameter_names(sites) -> set[str]:
@@ -89,9 +85,9 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: dict, sites, sta
     """Fit one guide to the user's model and evaluate it (ELBO, Pareto k, draws, warnings).
 
     ``start``: ``(target, LaplaceApproximation)`` from :func:`laplace_start` when ``config["init"]`` is
-    ``laplace``; guides in :data:`LAPLACE_GUIDES` start there when it is usable."""
+    ``laplace``; guides whose :class:`~svilab.guides.GuideSpec` has ``laplace`` start there when it is usable."""
     pyro.clear_param_store()
-    use_laplace = config["init"] == "laplace" and start is not None and start[1].ok and name in LAPLACE_GUIDES
+    use_laplace = config["init"] == "laplace" and start is not None and start[1].ok and guide_spec(name).laplace
     guide = make_guide(name, um.model, init="uniform" if config["init"] == "laplace" else config["init"])
     if use_laplace:
         from svilab.inference.laplace import start_guide_at
@@ -100,7 +96,7 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: dict, sites, sta
             guide()
         start_guide_at(guide, start[1], start[0])
     lr = cfg["lr"] if cfg["lr"] is not None else USER_LR["laplace" if use_laplace else "other"]
-    jit = name in JIT_GUIDES and config["loss"] != "renyi"
+    jit = guide_spec(name).jit and loss_spec(config["loss"]).jit
     warns = []
     try:
         result = fit(um.model, guide, loss=config["loss"], alpha=config["alpha"], steps=cfg["steps"],
@@ -300,5 +296,5 @@ def _run_user(um: UserModel, folder: RunFolder, reporter: Reporter, config: dict
             "methods": [method_json(m, reference) for m in methods]}
 
 
-__all__ = ["DEFAULT_GUIDES", "LAPLACE_GUIDES", "USER_LR", "USER_SVI", "check_user_model", "laplace_start",
+__all__ = ["DEFAULT_GUIDES", "USER_LR", "check_user_model", "laplace_start",
            "nuts_method", "parameter_names", "report_warnings", "run_user"]

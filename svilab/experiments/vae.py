@@ -28,24 +28,29 @@ from svilab.experiments.runs import RunFolder
 from svilab.inference import vae_eval
 from svilab.inference.divergences import check_alpha
 from svilab.inference.jit_elbo import compile_quietly
-from svilab.inference.losses import make_loss
+from svilab.inference.losses import command_loss, command_losses, loss_spec, make_loss
 from svilab.inference.optim import GuardedAdam
 from svilab.inference.svi import DivergenceError, FitResult
 from svilab.models.vae import PRESETS, VAE, VAEConfig, count_parameters, preset
 from svilab.validation import choice, positive_int
 
-VAE_LOSSES = ("elbo", "gjs", "dgjs")
+#: the objectives ``svilab vae`` trains (:func:`svilab.inference.losses.command_losses`)
+VAE_LOSSES = tuple(command_losses("vae"))
 CHECKPOINT = "checkpoint.pt"
 
 
 # ----------------------------------------------------------------------------- configuration
 def vae_loss(name: str) -> str:
+    """The objective ``name`` stands for in the VAE: ``elbo``, ``gjs`` or ``dgjs``; every estimator of
+    the ELBO (``trace_elbo``, ``meanfield_elbo``) is ``elbo``, trained with its analytic KL."""
     key = str(name).lower()
     if key in VAE_LOSSES:
         return key
-    if key in ("trace_elbo", "meanfield_elbo"):   # synonyms: the ELBO (trained with its analytic KL)
-        return "elbo"
-    return choice(name, VAE_LOSSES, "loss")
+    try:
+        objective = loss_spec(key).objective
+    except ValueError:
+        objective = None
+    return objective if objective in VAE_LOSSES else choice(name, VAE_LOSSES, "loss")
 
 
 def run_config(args: argparse.Namespace, loss: str, alpha: float | None, strict: bool = True) -> dict:
@@ -100,7 +105,7 @@ def get_data(config: dict) -> MNISTData:
 
 
 def _loss(config: dict, jit: bool):
-    name = {"elbo": "meanfield_elbo", "gjs": "gjs", "dgjs": "dgjs"}[config["loss"]]
+    name = command_loss(config["loss"], "vae").name     # elbo: meanfield_elbo, the analytic KL
     return make_loss(name, num_particles=config["particles"], vectorize_particles=True, max_plate_nesting=1,
                      jit=jit, alpha=config["alpha"], beta=config["beta"])
 

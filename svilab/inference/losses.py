@@ -13,33 +13,132 @@ name               objective (minimised as a loss)
                    :mod:`svilab.inference.jsd_elbo`), with ``alpha``
 =================  ===============================================================================
 
+Every loss is one :class:`LossSpec` in :data:`LOSS_SPECS`. ``objective`` names what is optimised:
+``elbo`` is the ELBO whichever of Pyro's two estimators computes it (``trace_elbo``: Monte Carlo
+throughout; ``meanfield_elbo``: analytic KL), so ``--loss elbo`` is ``trace_elbo`` in
+``svilab posterior`` and the analytic-KL ``meanfield_elbo`` in ``svilab vae`` (each command's
+``default_for`` estimator of the objective), and both report it as the ELBO.
+
 ``jit=True`` uses Pyro's JIT-compiled variants, fixed in :mod:`svilab.inference.jit_elbo` (its
 ``JitTrace_ELBO`` had twice the gradient, its ``JitTraceMeanField_ELBO`` recompiled every call),
 which cut the per-step overhead severalfold; they need a guide whose parameters all exist before
-the first step (see :func:`svilab.inference.svi.fit`) and the same model and guide objects on
-every call.
+the first step (see :func:`svilab.inference.svi.fit`).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pyro.infer as infer
 
 from svilab.validation import choice, positive_int
 
-LOSSES: dict[str, str] = {
-    "trace_elbo": "Trace_ELBO",
-    "meanfield_elbo": "TraceMeanField_ELBO",
-    "renyi": "RenyiELBO(alpha)",
-    "gjs": "skew geometric Jensen-Shannon ELBO (alpha)",
-    "dgjs": "dual skew geometric Jensen-Shannon ELBO (alpha)",
-}
-_ALIASES = {"elbo": "trace_elbo", "tracemeanfield_elbo": "meanfield_elbo", "renyi_elbo": "renyi"}
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One objective: adding a loss is adding one of these to :data:`LOSS_SPECS`.
+
+    :ivar build: ``build(kw, jit, alpha, beta) -> ELBO`` with ``kw`` Pyro's ELBO options.
+    :ivar objective: what is optimised (``elbo``, ``renyi``, ``gjs``, ``dgjs``).
+    :ivar jit: it has a JIT-compiled variant.
+    :ivar alpha: what ``alpha`` means for it (None: it takes none).
+    :ivar commands: the commands that offer it (``posterior``, ``vae``).
+    :ivar default_for: the commands where it is the estimator chosen for its ``objective``.
+    """
+
+    name: str
+    description: str
+    build: Callable
+    objective: str
+    jit: bool = True
+    alpha: str | None = None
+    commands: tuple[str, ...] = ("posterior",)
+    default_for: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+
+
+def _trace_elbo(kw, jit, alpha, beta):
+    from svilab.inference.jit_elbo import JitTrace_ELBO
+
+    return (JitTrace_ELBO if jit else infer.Trace_ELBO)(**kw)
+
+
+def _meanfield_elbo(kw, jit, alpha, beta):
+    from svilab.inference.jit_elbo import JitTraceMeanField_ELBO
+
+    return (JitTraceMeanField_ELBO if jit else infer.TraceMeanField_ELBO)(**kw)
+
+
+def _renyi(kw, jit, alpha, beta):
+    a = 0.5 if alpha is None else float(alpha)
+    if a == 1.0 or a != a or math.isinf(a):
+        raise ValueError(f"renyi: alpha must be a number other than 1 (alpha=1 is trace_elbo) and finite, got {alpha}")
+    if kw["num_particles"] < 2:
+        raise ValueError("renyi: needs num_particles >= 2 (with one sample it is the ELBO)")
+    return infer.RenyiELBO(alpha=a, **kw)
+
+
+def _gjs(dual: bool):
+    def build(kw, jit, alpha, beta):
+        from svilab.inference.jsd_elbo import GeometricJSD_ELBO, JitGeometricJSD_ELBO
+
+        cls = JitGeometricJSD_ELBO if jit else GeometricJSD_ELBO
+        return cls(alpha=0.5 if alpha is None else alpha, dual=dual, beta=beta, **kw)
+    return build
+
+
+#: the losses, by name
+LOSS_SPECS: dict[str, LossSpec] = {s.name: s for s in (
+    LossSpec("trace_elbo", "Trace_ELBO", _trace_elbo, "elbo", default_for=("posterior",), aliases=("elbo",)),
+    LossSpec("meanfield_elbo", "TraceMeanField_ELBO", _meanfield_elbo, "elbo", commands=("posterior", "vae"),
+             default_for=("vae",), aliases=("tracemeanfield_elbo",)),
+    LossSpec("renyi", "RenyiELBO(alpha)", _renyi, "renyi", jit=False, alpha="the Renyi order",
+             aliases=("renyi_elbo",)),
+    LossSpec("gjs", "skew geometric Jensen-Shannon ELBO (alpha)", _gjs(False), "gjs", alpha="the skew",
+             commands=("vae",), default_for=("vae",)),
+    LossSpec("dgjs", "dual skew geometric Jensen-Shannon ELBO (alpha)", _gjs(True), "dgjs", alpha="the skew",
+             commands=("vae",), default_for=("vae",)),
+)}
+#: name -> description
+LOSSES: dict[str, str] = {n: s.description for n, s in LOSS_SPECS.items()}
+_ALIASES = {a: s.name for s in LOSS_SPECS.values() for a in s.aliases}
 
 
 def loss_name(name: str) -> str:
     """The canonical name of a loss (case-insensitive, with aliases), or a ValueError listing them."""
     key = _ALIASES.get(str(name).lower(), str(name).lower())
     return key if key in LOSSES else choice(name, list(LOSSES), "loss")
+
+
+def loss_spec(name: str) -> LossSpec:
+    """The :class:`LossSpec` of ``name`` (or an alias)."""
+    return LOSS_SPECS[loss_name(name)]
+
+
+def command_losses(command: str) -> list[str]:
+    """The objectives a command offers, by the name it uses for them: an objective's name where
+    one estimator is its default there (``elbo``, ``gjs``), else the loss's own name."""
+    return list(dict.fromkeys(s.objective if command in s.default_for else s.name
+                              for s in LOSS_SPECS.values() if command in s.commands))
+
+
+def command_loss(name: str, command: str) -> LossSpec:
+    """The loss ``name`` stands for in ``command``: an objective's name (``elbo``) picks the
+    command's default estimator of it; a ValueError names the ones the command offers."""
+    key = str(name).lower()
+    for s in LOSS_SPECS.values():
+        if command in s.default_for and key == s.objective:
+            return s
+    offered = command_losses(command)
+    spec = LOSS_SPECS.get(_ALIASES.get(key, key))
+    if spec is None:
+        choice(name, offered, "loss")
+    if command not in spec.commands:
+        where = " and ".join({"vae": "the VAE"}.get(c, f"svilab {c}") for c in spec.commands)
+        raise ValueError(f"loss {name!r} is for {where}; svilab {command} takes: {', '.join(offered)}")
+    return spec
 
 
 def make_loss(name: str = "trace_elbo", *, num_particles: int = 1, vectorize_particles: bool = True,
@@ -50,31 +149,13 @@ def make_loss(name: str = "trace_elbo", *, num_particles: int = 1, vectorize_par
     :param num_particles: Monte Carlo samples per step (vectorized when ``vectorize_particles``).
     :param max_plate_nesting: passed to the ELBO (give it when the model's plates are known:
         it saves a trace of the model and is required by some JIT models).
+    :param jit: the JIT-compiled variant, where the loss has one (:attr:`LossSpec.jit`; else eager).
     :param alpha: the Renyi order (default 0.5) or the GJS skew (default 0.5).
     :param beta: weight of the divergence term (GJS objectives only).
     :raises ValueError: unknown name, ``num_particles < 1`` (< 2 for ``renyi``), alpha out of range.
     """
-    name = loss_name(name)
-    num_particles = positive_int(num_particles, "num_particles")
-    kw = {"num_particles": num_particles, "vectorize_particles": vectorize_particles}
+    spec = loss_spec(name)
+    kw = {"num_particles": positive_int(num_particles, "num_particles"), "vectorize_particles": vectorize_particles}
     if max_plate_nesting is not None:
         kw["max_plate_nesting"] = max_plate_nesting
-    if name == "trace_elbo":
-        from svilab.inference.jit_elbo import JitTrace_ELBO
-
-        return (JitTrace_ELBO if jit else infer.Trace_ELBO)(**kw)
-    if name == "meanfield_elbo":
-        from svilab.inference.jit_elbo import JitTraceMeanField_ELBO
-
-        return (JitTraceMeanField_ELBO if jit else infer.TraceMeanField_ELBO)(**kw)
-    if name == "renyi":
-        a = 0.5 if alpha is None else float(alpha)
-        if a == 1.0 or a != a:
-            raise ValueError(f"renyi: alpha must be a number other than 1 (alpha=1 is trace_elbo), got {alpha}")
-        if num_particles < 2:
-            raise ValueError("renyi: needs num_particles >= 2 (with one sample it is the ELBO)")
-        return infer.RenyiELBO(alpha=a, **kw)
-    from svilab.inference.jsd_elbo import GeometricJSD_ELBO, JitGeometricJSD_ELBO
-
-    cls = JitGeometricJSD_ELBO if jit else GeometricJSD_ELBO
-    return cls(alpha=0.5 if alpha is None else alpha, dual=(name == "dgjs"), beta=beta, **kw)
+    return spec.build(kw, jit and spec.jit, alpha, beta)
