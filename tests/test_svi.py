@@ -191,3 +191,52 @@ def test_mean_field_guides_refuse_models_they_cannot_fit():
         MeanFieldGamma(real_model)()
     with pytest.raises(ValueError, match="inside a plate"):
         MeanFieldPositiveNormal(local_model)()
+
+
+def test_stopping_rule_against_the_moving_average_written_out():
+    """The rule on a known series: the EMA and the calm-window count computed by hand in float64."""
+    from svilab.inference.svi import StoppingRule
+
+    rng = np.random.default_rng(0)
+    losses = 10.0 * np.exp(-np.arange(2000) / 150.0) + 0.01 * rng.standard_normal(2000)
+    rule = StoppingRule(tol=0.05, check_every=50, patience=3, smoothing=0.9)
+    stop_at = next(i for i in range(50, 2001, 50) if rule.update(losses[i - 50:i]))
+    ema, prev, calm, expected = math.nan, math.nan, 0, None
+    for i, v in enumerate(losses, 1):
+        ema = v if math.isnan(ema) else 0.9 * ema + 0.1 * v
+        if i % 50 == 0:
+            calm = calm + 1 if prev - ema < 0.05 else 0
+            prev = ema
+            if calm >= 3:
+                expected = i
+                break
+    assert stop_at == expected and rule.smooth == pytest.approx(ema, rel=1e-12)
+    # the first window can never be calm (nothing to compare it with)
+    assert StoppingRule(1e9, check_every=10, patience=1).update(np.ones(10)) is False
+
+
+def test_svi_primitives_give_fit_s_numbers_and_fit_rejects_a_misspelt_option(pg):
+    """SVI.init/step by hand = fit (same seed, same losses bit for bit); a misspelt keyword is a
+    TypeError instead of a silent model argument; model_kwargs reach the model."""
+    from svilab.inference.svi import SVI
+
+    pyro.clear_param_store()
+    r = fit(pg.model, make_guide("lognormal", pg.model), steps=30, num_particles=4, lr=0.05, seed=3,
+            max_plate_nesting=1)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(3)
+    guide = make_guide("lognormal", pg.model)
+    svi = SVI(pg.model, guide, make_loss("trace_elbo", num_particles=4, max_plate_nesting=1), lr=0.05, steps=30)
+    svi.init()
+    by_hand = [float(svi.step()) for _ in range(30)]
+    np.testing.assert_array_equal(r.history, by_hand)
+    with pytest.raises(TypeError, match="num_particle"):
+        fit(pg.model, make_guide("lognormal", pg.model), steps=5, num_particle=4)
+
+    def scaled(scale=1.0):
+        pyro.sample("z", dist.Normal(0.0, scale))
+
+    pyro.clear_param_store()
+    g = make_guide("lognormal", scaled)
+    fit(scaled, g, steps=400, num_particles=8, lr=0.05, lr_final=0.005, seed=0, model_kwargs={"scale": 3.0})
+    assert float(pyro.param("AutoNormal.scales.z")) == pytest.approx(3.0, rel=0.15)

@@ -1,16 +1,22 @@
-r"""Fitting a guide by stochastic variational inference: :func:`fit`, with Pyro's ELBOs.
+r"""Stochastic variational inference with Pyro's ELBOs, shaped like NumPyro's ``SVI``.
 
-``fit`` works with any Pyro model and guide (``fit(model, guide, *model_args, ...)``). Each step
-is what :meth:`pyro.infer.SVI.step` does (the ELBO's gradient, then an Adam update), with every
-parameter in one fused update and one extra guard: if the loss or any gradient is NaN or
-infinite, no update is applied from that step on, the run stops with a message naming the step
-(:class:`DivergenceError`, which carries the partial result), and the parameter store keeps the
-last finite parameters (:class:`svilab.inference.optim.GuardedAdam`).
+Three small pieces, each usable alone:
 
-Stopping rule (optional, ``stop_tol``): the loss is smoothed by an exponential moving average
-:math:`\bar\ell_t = \rho\,\bar\ell_{t-1} + (1 - \rho)\,\ell_t`; every ``check_every`` steps the
-decrease of :math:`\bar\ell` since the previous check is compared with ``stop_tol`` (nats); after
-``patience`` checks in a row below it the run stops.
+* :class:`SVI`: ``init`` (create every parameter, compile the JIT ELBO off the RNG stream, build the
+  optimizer), ``step`` (one ELBO gradient and one fused Adam update; returns the loss as a tensor,
+  no sync) and ``run`` (the loop: progress bar, divergence guard, stopping rule) returning a
+  :class:`FitResult`. With any Pyro model and guide (``SVI(model, guide, loss_fn, ...)``); each
+  step is what :meth:`pyro.infer.SVI.step` does, with every parameter in one fused update
+  (:class:`svilab.inference.optim.GuardedAdam`) and one extra guard: if the loss or any gradient
+  is NaN or infinite, no update is applied from that step on, the run stops with a message naming
+  the step (:class:`DivergenceError`, which carries the partial result), and the parameter store
+  keeps the last finite parameters.
+* :class:`StoppingRule`: the loss is smoothed by an exponential moving average
+  :math:`\bar\ell_t = \rho\,\bar\ell_{t-1} + (1 - \rho)\,\ell_t`; every ``check_every`` steps the
+  decrease of :math:`\bar\ell` since the previous check is compared with ``tol`` (nats); after
+  ``patience`` checks in a row below it the run stops.
+* :func:`fit`: the one call that builds the loss by name, an :class:`SVI` and a stopping rule, and
+  runs it.
 
 Optimizer: Pyro's ``ClippedAdam`` rule (gradients clamped elementwise) with an exponential decay
 from ``lr`` to ``lr_final`` over ``steps`` (constant when ``lr_final`` is None). Decaying the step
@@ -22,7 +28,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyro
@@ -46,13 +52,15 @@ class DivergenceError(RuntimeError):
 
 @dataclass
 class FitResult:
-    """What :func:`fit` returns.
+    """What :meth:`SVI.run` and :func:`fit` return.
 
-    :ivar history: loss per step (numpy, length ``steps_done``).
+    :ivar history: loss per step (numpy, length ``steps_done``; for a diverged run, up to the last
+        finite step).
     :ivar seconds: wall time of the optimisation.
     :ivar params: constrained parameter values at the end (``{name: tensor}``, detached copies).
+    :ivar steps_done: steps whose update was applied.
     :ivar stopped_early: the stopping rule ended the run.
-    :ivar message: why the run ended.
+    :ivar message: why the run ended (``ran all N steps``, the stopping rule, ``diverged``).
     """
 
     history: np.ndarray
@@ -61,13 +69,56 @@ class FitResult:
     steps_done: int
     stopped_early: bool = False
     message: str = ""
-    config: dict = field(default_factory=dict)
 
     @property
     def final_loss(self) -> float:
         """Mean loss over the last 10% of the steps (a less noisy end value than the last step)."""
         n = max(1, len(self.history) // 10)
         return float(np.mean(self.history[-n:]))
+
+
+class StoppingRule:
+    """Stop when the smoothed loss decreased by less than ``tol`` (nats) over ``patience``
+    consecutive windows of ``check_every`` steps (see the module docstring).
+
+    :param tol: the decrease per window below which a window counts as calm (> 0).
+    :param check_every: window length in steps (>= 1).
+    :param patience: calm windows in a row that stop the run (>= 1).
+    :param smoothing: the weight :math:`\rho \\in [0, 1)` of the previous smoothed loss.
+    """
+
+    def __init__(self, tol: float, check_every: int = 100, patience: int = 3, smoothing: float = 0.95) -> None:
+        self.tol = positive(tol, "stop_tol")
+        self.check_every = positive_int(check_every, "check_every")
+        self.patience = positive_int(patience, "patience")
+        self.smoothing = check_smoothing(smoothing)
+        self.reset()
+
+    def reset(self) -> None:
+        self.smooth = self.previous = math.nan
+        self.calm = 0
+
+    def update(self, losses: np.ndarray, at_check: bool = True) -> bool:
+        """Feed the next block of per-step losses; True when the run should stop. ``at_check``: the
+        block ends a window of ``check_every`` steps (else only the average is updated)."""
+        for v in losses:
+            self.smooth = v if math.isnan(self.smooth) else self.smoothing * self.smooth + (1 - self.smoothing) * v
+        if not at_check:
+            return False
+        self.calm = self.calm + 1 if self.previous - self.smooth < self.tol else 0
+        self.previous = self.smooth
+        return self.calm >= self.patience
+
+    @property
+    def message(self) -> str:
+        return (f"stopping rule: smoothed loss changed < {self.tol:g} "
+                f"over {self.patience * self.check_every} steps")
+
+
+def check_smoothing(smoothing: float) -> float:
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1) (the weight of the previous smoothed loss), got {smoothing}")
+    return float(smoothing)
 
 
 def make_optimizer(lr: float = 0.01, lr_final: float | None = None, steps: int = 1000,
@@ -79,30 +130,120 @@ def make_optimizer(lr: float = 0.01, lr_final: float | None = None, steps: int =
     return pyro.optim.ClippedAdam({"lr": lr, "lrd": lrd, "clip_norm": clip_norm})
 
 
-class _Objective:
-    """``loss_fn`` evaluated for one step: the loss as a tensor, gradients accumulated, and the
-    unconstrained parameters the step touched."""
+def _param_tensors(trace) -> set[torch.Tensor]:
+    return {site["value"].unconstrained() for site in trace.nodes.values()}
 
-    def __init__(self, loss_fn, model, guide, capture: bool = True) -> None:
-        self.loss_fn, self.model, self.guide = loss_fn, model, guide   # stable references: Pyro's JIT keys on them
+
+class SVI:
+    """Fit ``guide`` to ``model(*args, **kwargs)`` with the Pyro ELBO ``loss_fn``.
+
+    :param lr, lr_final, steps, clip: :class:`~svilab.inference.optim.GuardedAdam`'s schedule
+        (``steps`` is the length of the learning-rate decay).
+    :param jit: ``loss_fn`` is a JIT ELBO: :meth:`init` compiles it once with the random generators
+        put back (so the JIT run draws the eager run's numbers), and :meth:`step` skips the
+        parameter-capture trace (a compiled ELBO's parameters are fixed at compilation).
+    :param validate: Pyro's validation on the first step only (it halves a small model's step time).
+    """
+
+    def __init__(self, model, guide, loss_fn, *, lr: float = 0.01, lr_final: float | None = None,
+                 steps: int = 1000, clip: float | None = 10.0, jit: bool = False, validate: bool = True) -> None:
+        self.model, self.guide, self.loss_fn = model, guide, loss_fn   # stable references: Pyro's JIT keys on them
+        self.lr, self.lr_final, self.steps, self.clip = positive(lr, "lr"), lr_final, positive_int(steps, "steps"), clip
+        self.jit, self.validate = jit, validate
         self.differentiable = hasattr(loss_fn, "differentiable_loss")
-        self.capture = capture          # False for a compiled ELBO: its parameters are fixed at compilation
+        self.optim: GuardedAdam | None = None
+        self.known: set[torch.Tensor] = set()
+        self.steps_taken = 0
+
+    def init(self, *args, **kwargs) -> SVI:
+        """Create every parameter (run the guide once, unrecorded), compile a JIT ELBO, and build the
+        optimizer over the parameters found."""
+        with poutine.block(), torch.no_grad(), poutine.trace(param_only=True) as created:
+            self.guide(*args, **kwargs)          # the JIT needs every parameter before tracing
+        self.known = _param_tensors(created.trace)
+        if self.jit:
+            with poutine.trace(param_only=True) as compiled:    # the model's parameters too
+                compile_quietly(self.loss_fn, self.model, self.guide, *args, **kwargs)
+            self.known |= _param_tensors(compiled.trace)
+        if self.known:
+            self.optim = GuardedAdam(self.known, lr=self.lr, lr_final=self.lr_final, steps=self.steps, clip=self.clip)
+        return self
 
     def _loss(self, args, kwargs) -> torch.Tensor:
         if self.differentiable:
             return self.loss_fn.differentiable_loss(self.model, self.guide, *args, **kwargs)
         return torch.as_tensor(self.loss_fn.loss_and_grads(self.model, self.guide, *args, **kwargs))  # e.g. Renyi
 
-    def __call__(self, args, kwargs) -> tuple[torch.Tensor, set[torch.Tensor]]:
-        if self.capture:
-            with poutine.trace(param_only=True) as capture:
-                loss = self._loss(args, kwargs)
-            params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
-        else:
-            loss, params = self._loss(args, kwargs), set()
+    def step(self, *args, **kwargs) -> torch.Tensor:
+        """One ELBO gradient and one guarded Adam update; the loss as a tensor (no sync). Parameters
+        the model or guide create in this step join the optimizer."""
+        with pyro.validation_enabled(self.validate and self.steps_taken == 0):
+            if self.jit:
+                loss, new = self._loss(args, kwargs), set()
+            else:
+                with poutine.trace(param_only=True) as capture:
+                    loss = self._loss(args, kwargs)
+                new = _param_tensors(capture.trace) - self.known
         if self.differentiable and loss.requires_grad:
             loss.backward()
-        return loss, params
+        if new:
+            self.known |= new
+            if self.optim is None:
+                self.optim = GuardedAdam(new, lr=self.lr, lr_final=self.lr_final, steps=self.steps, clip=self.clip)
+            else:
+                self.optim.add_params(new)
+        if self.optim is None:
+            raise ValueError("the model and guide have no parameters to fit (no pyro.param or module)")
+        self.optim.step(loss)
+        self.steps_taken += 1
+        return loss
+
+    def run(self, *args, steps: int | None = None, stopping: StoppingRule | None = None, check_every: int = 100,
+            progress: bool | None = None, description: str = "SVI", **kwargs) -> FitResult:
+        """:meth:`init`, then up to ``steps`` (default: the schedule's) :meth:`step` calls. The losses and
+        the divergence flag are read every ``check_every`` steps (the stopping rule's window when given).
+
+        :raises DivergenceError: the loss or a gradient became NaN/inf (``exc.result`` holds the run up
+            to the last finite step, whose parameters stay in the param store).
+        """
+        steps = self.steps if steps is None else positive_int(steps, "steps")
+        check_every = stopping.check_every if stopping is not None else positive_int(check_every, "check_every")
+        self.init(*args, **kwargs)
+        if progress is None:
+            progress = sys.stderr.isatty()
+        history = np.empty(0)
+        bar = tqdm(total=steps, desc=description, disable=not progress, leave=False, mininterval=0.5)
+        stopped = False
+        t0 = time.perf_counter()
+        try:
+            for step in range(steps):
+                self.step(*args, **kwargs)
+                at_check = (step + 1) % check_every == 0
+                if not at_check and step + 1 < steps:
+                    continue
+                block = self.optim.losses(len(history))
+                if self.optim.diverged:
+                    bad = self.optim.first_bad_step()
+                    history = np.concatenate([history, block])[:bad]
+                    value = self.optim.losses(bad, bad + 1)[0]
+                    result = FitResult(history, time.perf_counter() - t0, _params(), bad, message="diverged")
+                    raise DivergenceError(
+                        f"the loss or its gradient became {value if not math.isfinite(value) else 'non-finite'} "
+                        f"at step {bad + 1} of {steps}; stopped, keeping the parameters after step {bad} "
+                        "(try a smaller --lr or more particles)", result)
+                history = np.concatenate([history, block])
+                bar.update(len(block))
+                if stopping is not None:
+                    stopped = stopping.update(block, at_check)
+                    bar.set_postfix(loss=f"{stopping.smooth:.4g}")
+                    if stopped:
+                        break
+                else:
+                    bar.set_postfix(loss=f"{block[-1]:.4g}")
+        finally:
+            bar.close()
+        return FitResult(history, time.perf_counter() - t0, _params(), len(history), stopped,
+                         stopping.message if stopped else f"ran all {steps} steps")
 
 
 def fit(model, guide, *args, loss="trace_elbo", lr: float = 0.01, lr_final: float | None = None,
@@ -110,45 +251,40 @@ def fit(model, guide, *args, loss="trace_elbo", lr: float = 0.01, lr_final: floa
         max_plate_nesting: int | None = None, jit: bool = False, alpha: float | None = None,
         seed: int | None = None, progress: bool | None = None, stop_tol: float | None = None,
         check_every: int = 100, patience: int = 3, smoothing: float = 0.95, validate: bool = True,
-        description: str = "SVI", **kwargs) -> FitResult:
-    """Fit ``guide`` to ``model(*args, **kwargs)`` by SVI.
-
-    Each step evaluates Pyro's ELBO (``loss_fn.differentiable_loss``), backpropagates, and takes
-    one fused Adam step over every parameter (:class:`svilab.inference.optim.GuardedAdam`: Pyro's
-    ``ClippedAdam`` rule, i.e. gradients clamped to ``[-clip, clip]`` and the learning rate decayed
-    from ``lr`` to ``lr_final``). The loss and the finiteness flag stay on the tensor side; they
-    are read every ``check_every`` steps.
+        description: str = "SVI", model_kwargs: dict | None = None) -> FitResult:
+    """Fit ``guide`` to ``model(*args, **model_kwargs)`` by SVI: :func:`~svilab.inference.losses.make_loss`,
+    :class:`SVI` and, with ``stop_tol``, a :class:`StoppingRule`, in one call.
 
     :param loss: a loss name (:data:`svilab.inference.losses.LOSSES`) or a Pyro ELBO object.
-    :param steps: maximum number of steps (>= 1).
+    :param steps: maximum number of steps (>= 1), also the length of the lr decay.
     :param clip: elementwise gradient clamp (None: none).
     :param num_particles: samples per step (vectorized over a particle plate when
         ``vectorize_particles``, which needs the model to be written with ``pyro.plate``).
+    :param max_plate_nesting: the model's (None: read off one trace of the model).
     :param jit: use Pyro's JIT ELBO, compiled once before the first step with the random
-        generators put back, so that it gives the eager run's numbers, faster (the guide is run
-        once first, in both cases, so that all parameters exist before compilation).
-    :param validate: check distribution arguments and supports on the first step (Pyro's
-        validation); later steps run without it, which halves the per-step time of small models.
+        generators put back, so that it gives the eager run's numbers, faster.
     :param seed: passed to ``pyro.set_rng_seed`` before the first step (None: leave the RNG).
     :param progress: tqdm progress bar; default: only when stderr is a terminal.
-    :param stop_tol: stop when the smoothed loss decreased by less than this over ``patience``
-        consecutive windows of ``check_every`` steps (None: run all steps).
+    :param stop_tol, check_every, patience, smoothing: the :class:`StoppingRule` (None: run all steps;
+        the losses are still read every ``check_every`` steps).
+    :param model_kwargs: keyword arguments of the model and guide (a misspelt option of ``fit`` is
+        an error, not a model argument).
     :returns: :class:`FitResult`; the fitted parameters stay in Pyro's param store.
-    :raises DivergenceError: the loss or a gradient became NaN/inf (no update is applied from that
-        step on, so the param store holds the parameters after the last finite step;
-        ``exc.result`` has the history up to it).
-    :raises ValueError: ``steps < 1``, ``num_particles < 1``, unknown loss, bad lr.
+    :raises DivergenceError: see :meth:`SVI.run`.
+    :raises ValueError: ``steps < 1``, ``num_particles < 1``, unknown loss, bad lr, a meaningless rule.
     """
+    kwargs = dict(model_kwargs or {})
     steps = positive_int(steps, "steps")
     num_particles = positive_int(num_particles, "particles")
     check_every = positive_int(check_every, "check_every")
     patience = positive_int(patience, "patience")
-    if not 0 <= smoothing < 1:
-        raise ValueError(f"smoothing must be in [0, 1) (the weight of the previous smoothed loss), got {smoothing}")
-    if stop_tol is not None:
-        stop_tol = positive(stop_tol, "stop_tol")
+    check_smoothing(smoothing)
+    stopping = None if stop_tol is None else StoppingRule(stop_tol, check_every, patience, smoothing)
     positive(lr, "lr")
     if isinstance(loss, str):
+        from svilab.inference.losses import loss_spec
+
+        jit = jit and loss_spec(loss).jit       # e.g. renyi has no JIT variant: eager
         if max_plate_nesting is None:  # read it off one trace instead of letting Pyro guess
             from svilab.inference.sites import model_sites
 
@@ -159,70 +295,9 @@ def fit(model, guide, *args, loss="trace_elbo", lr: float = 0.01, lr_final: floa
         loss_fn = loss
     if seed is not None:
         pyro.set_rng_seed(seed)
-    with poutine.block(), torch.no_grad(), poutine.trace(param_only=True) as created:
-        guide(*args, **kwargs)               # create every parameter (the JIT needs them before tracing)
-    known = {site["value"].unconstrained() for site in created.trace.nodes.values()}
-    if jit:    # compile off the RNG stream: the JIT and the eager run draw the same numbers
-        with poutine.trace(param_only=True) as compiled:    # the model's parameters too
-            compile_quietly(loss_fn, model, guide, *args, **kwargs)
-        known |= {site["value"].unconstrained() for site in compiled.trace.nodes.values()}
-    objective = _Objective(loss_fn, model, guide, capture=not jit)
-    if progress is None:
-        progress = sys.stderr.isatty()
-    history = np.empty(0)
-    smooth = prev_check = math.nan
-    calm = 0
-    stopped, message = False, f"ran all {steps} steps"
-    bar = tqdm(total=steps, desc=description, disable=not progress, leave=False, mininterval=0.5)
-    t0 = time.perf_counter()
-    optim = GuardedAdam(known, lr=lr, lr_final=lr_final, steps=steps, clip=clip) if known else None
-    try:
-        for step in range(steps):
-            with pyro.validation_enabled(validate and step == 0):
-                value, params = objective(args, kwargs)
-            new = params - known                  # parameters the model or guide created in this step
-            if new:
-                known |= new
-                if optim is None:
-                    optim = GuardedAdam(new, lr=lr, lr_final=lr_final, steps=steps, clip=clip)
-                else:
-                    optim.add_params(new)
-            if optim is None:
-                raise ValueError("the model and guide have no parameters to fit (no pyro.param or module)")
-            optim.step(value)
-            if (step + 1) % check_every and step + 1 < steps:
-                continue
-            block = optim.losses(len(history))
-            if optim.diverged:
-                bad = optim.first_bad_step()
-                history = np.concatenate([history, block])[:bad]
-                value = optim.losses(bad, bad + 1)[0]
-                result = FitResult(history, time.perf_counter() - t0, _params(), bad, message="diverged")
-                raise DivergenceError(
-                    f"the loss or its gradient became {value if not math.isfinite(value) else 'non-finite'} "
-                    f"at step {bad + 1} of {steps}; stopped, keeping the parameters after step {bad} "
-                    "(try a smaller --lr or more particles)", result)
-            history = np.concatenate([history, block])
-            for v in block:
-                smooth = v if math.isnan(smooth) else smoothing * smooth + (1 - smoothing) * v
-            bar.update(len(block))
-            bar.set_postfix(loss=f"{smooth:.4g}")
-            if stop_tol is not None and (step + 1) % check_every == 0:
-                calm = calm + 1 if prev_check - smooth < stop_tol else 0
-                prev_check = smooth
-                if calm >= patience:
-                    stopped = True
-                    message = (f"stopping rule: smoothed loss changed < {stop_tol:g} "
-                               f"over {patience * check_every} steps")
-                    break
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    n = len(history)
-    return FitResult(history, seconds, _params(), n, stopped, message if stopped else f"ran all {steps} steps",
-                     config={"steps": steps, "num_particles": num_particles, "jit": jit, "seed": seed,
-                             "loss": loss if isinstance(loss, str) else type(loss).__name__,
-                             "lr": lr, "lr_final": lr_final, "stop_tol": stop_tol})
+    svi = SVI(model, guide, loss_fn, lr=lr, lr_final=lr_final, steps=steps, clip=clip, jit=jit, validate=validate)
+    return svi.run(*args, stopping=stopping, check_every=check_every, progress=progress, description=description,
+                   **kwargs)
 
 
 def _params() -> dict[str, torch.Tensor]:
