@@ -5,7 +5,7 @@ analytic KL, summed over the batch), same optimizer (:class:`svilab.inference.op
 torch's fused Adam kernel over all parameters, with the non-finite guard):
 
 * ``torch``: the loss written out by hand on the encoder/decoder;
-* ``eager``: :class:`svilab.experiments.vae.TrainStep` with Pyro's ``TraceMeanField_ELBO`` on
+* ``eager``: :class:`svilab.inference.vae_training.TrainStep` with Pyro's ``TraceMeanField_ELBO`` on
   ``VAE.model``/``VAE.guide`` (validation off, as in training after the first step);
 * ``jit``: the same with the JIT ELBO compiled once (``svilab vae train``'s default).
 
@@ -25,8 +25,9 @@ import pyro
 import torch
 import torch.nn.functional as F
 
-from svilab.experiments.vae import TrainStep, _loss
+from svilab.experiments.vae import _loss
 from svilab.inference.optim import GuardedAdam
+from svilab.inference.vae_training import TrainStep
 from svilab.models.vae import PRESETS, VAE
 
 

@@ -16,6 +16,7 @@ from svilab.inference.jit_elbo import JitTraceMeanField_ELBO, compile_quietly
 from svilab.inference.losses import make_loss
 from svilab.inference.optim import GuardedAdam
 from svilab.inference.svi import DivergenceError, fit
+from svilab.inference.vae_training import TrainStep
 from svilab.models import PoissonGamma
 from svilab.models.vae import VAE, preset
 
@@ -27,7 +28,7 @@ def _vae_steps(jit: bool, loss: str, steps: int = 6):
     optim = GuardedAdam(vae.parameters(), lr=1e-2)
     cfg = {"loss": loss, "particles": 2, "alpha": None if loss == "elbo" else 0.3, "beta": 1.0}
     loss_fn = vae_cmd._loss(cfg, jit)
-    step = vae_cmd.TrainStep(vae, optim, loss_fn, jit=jit)
+    step = TrainStep(vae, optim, loss_fn, jit=jit)
     x = torch.rand(20, 784, generator=torch.Generator().manual_seed(1))
     for _ in range(steps):
         step(x)

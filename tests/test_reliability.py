@@ -338,7 +338,7 @@ def test_corrupt_mnist_files_are_named(tmp_path, capsys, damage, message):
 
 
 def test_ctrl_c_in_the_first_epoch_does_not_advise_a_resume(tmp_path, capsys, monkeypatch):
-    from svilab.experiments import vae as vae_cmd
+    from svilab.inference.vae_training import TrainStep
     from tests.test_vae import write_idx
 
     data = write_idx(tmp_path / "data")
@@ -346,7 +346,7 @@ def test_ctrl_c_in_the_first_epoch_does_not_advise_a_resume(tmp_path, capsys, mo
     def interrupted(self, x):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vae_cmd.TrainStep, "__call__", interrupted)
+    monkeypatch.setattr(TrainStep, "__call__", interrupted)
     assert main(["vae", "train", "--data-root", str(data), "--validation", "5", "--batch-size", "5",
                  "--out", str(tmp_path / "r")]) == 130
     out = capsys.readouterr()

@@ -21,6 +21,7 @@ from svilab.experiments.runs import RunFolder
 from svilab.inference import vae_eval
 from svilab.inference.optim import GuardedAdam
 from svilab.inference.svi import DivergenceError
+from svilab.inference.vae_training import TrainStep, epoch_batches
 from svilab.models.vae import PRESETS, VAE, preset
 
 REAL_ROOT = os.environ.get("SVILAB_DATA")
@@ -136,7 +137,7 @@ def test_training_lowers_the_loss_and_resume_is_exact(tmp_path):
     cfg = vae_cmd.run_config(_args(epochs=3, eval_k=5, batch_size=50), "elbo", None)
     quiet = Reporter(quiet=True)
     full = vae_cmd.train(cfg, RunFolder("t", tmp_path / "full"), data, quiet)
-    h = full["history"]
+    h = full.history
     assert h[-1]["train_loss"] < h[0]["train_loss"] and h[-1]["val_elbo"] > h[0]["val_elbo"]
 
     part_cfg = {**cfg, "epochs": 1}
@@ -144,16 +145,16 @@ def test_training_lowers_the_loss_and_resume_is_exact(tmp_path):
     state = torch.load(tmp_path / "part" / vae_cmd.CHECKPOINT, weights_only=False)
     assert state["epoch"] == 0
     resumed = vae_cmd.train(cfg, RunFolder("t", tmp_path / "part", mode="resume"), data, quiet, resume=state)
-    for k, v in full["vae"].state_dict().items():
-        torch.testing.assert_close(resumed["vae"].state_dict()[k], v, rtol=0, atol=0)
-    assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in h]
+    for k, v in full.vae.state_dict().items():
+        torch.testing.assert_close(resumed.vae.state_dict()[k], v, rtol=0, atol=0)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in h]
 
 
 def test_train_step_skips_non_finite_updates():
     torch.manual_seed(0)
     vae = VAE(preset("notebook", latent_dim=2, hidden=[8]))
     optim = GuardedAdam(vae.parameters(), lr=0.1)
-    step = vae_cmd.TrainStep(vae, optim, vae_cmd._loss({"loss": "elbo", "particles": 1, "alpha": None,
+    step = TrainStep(vae, optim, vae_cmd._loss({"loss": "elbo", "particles": 1, "alpha": None,
                                                        "beta": 1.0}, jit=False))
     x = torch.rand(10, 784)
     step(x)
@@ -179,7 +180,7 @@ def test_nan_loss_stops_training_with_message_and_keeps_checkpoint(tmp_path, mon
         data.train_x[120] = float("nan")
 
     monkeypatch.setattr(vae_cmd, "save_checkpoint", save_then_poison)
-    perm = vae_cmd._epoch_batches(len(data.train_x), 50, cfg["seed"], 1)[0]
+    perm = epoch_batches(len(data.train_x), 50, cfg["seed"], 1)[0]
     bad_step = int((perm == 120).nonzero()[0, 0]) + 1
     with pytest.raises(DivergenceError, match=f"non-finite \\(nan\\) in epoch 2, step {bad_step};"):
         vae_cmd.train(cfg, RunFolder("t", tmp_path), data, Reporter(quiet=True))

@@ -11,26 +11,24 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import pyro
 import torch
-from tqdm.auto import tqdm
 
-from svilab.data.mnist import MNISTData, binarize, load_mnist
+from svilab.data.mnist import MNISTData, load_mnist
 from svilab.experiments.common import Reporter
 from svilab.experiments.runs import RunFolder
+from svilab.experiments.vae_figures import label as _label
+from svilab.experiments.vae_figures import save_figures
 from svilab.inference import vae_eval
 from svilab.inference.divergences import check_alpha
-from svilab.inference.jit_elbo import compile_quietly
 from svilab.inference.losses import command_loss, command_losses, loss_spec, make_loss
 from svilab.inference.optim import GuardedAdam
-from svilab.inference.svi import DivergenceError, FitResult
+from svilab.inference.svi import DivergenceError
+from svilab.inference.vae_training import TrainingResult, save_checkpoint, train_vae
 from svilab.models.vae import PRESETS, VAE, VAEConfig, count_parameters, preset
 from svilab.validation import choice, positive_int
 
@@ -111,114 +109,29 @@ def _loss(config: dict, jit: bool):
 
 
 # ----------------------------------------------------------------------------- training
-class TrainStep:
-    """One optimisation step: Pyro's ELBO (``differentiable_loss`` of the model/guide pair, JIT
-    compiled once when ``loss_fn`` is a JIT ELBO) and one fused Adam update of all network
-    parameters (:class:`svilab.inference.optim.GuardedAdam`, which skips every update from the
-    first non-finite loss or gradient on; the caller reads ``optim.diverged`` now and then).
-
-    The model and guide are bound once: ``vae.model`` is a new bound-method object each time it
-    is read, and Pyro's JIT keys its cache on the callables."""
-
-    def __init__(self, vae: VAE, optim: GuardedAdam, loss_fn, jit: bool = False) -> None:
-        self.model, self.guide = vae.model, vae.guide
-        self.optim, self.loss_fn = optim, loss_fn
-        self.compile = jit
-
-    def __call__(self, x: torch.Tensor) -> None:
-        if self.compile:
-            compile_quietly(self.loss_fn, self.model, self.guide, x)
-            self.compile = False
-        loss = self.loss_fn.differentiable_loss(self.model, self.guide, x)
-        loss.backward()
-        self.optim.step(loss)
-
-
-def _epoch_batches(n: int, batch: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Generator]:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=g)
-    full = (n // batch) * batch          # drop the last partial batch: JIT graphs are shape-specialised
-    return perm[:full].view(-1, batch), g
-
-
-@torch.no_grad()
-def objective_per_image(loss_fn, vae: VAE, x: torch.Tensor, batch: int = 1000) -> float:
-    total = sum(loss_fn.loss(vae.model, vae.guide, x[i:i + batch]) for i in range(0, len(x), batch))
-    return total / len(x)
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")   # per process: two writers never share it
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: an interrupted save never leaves a broken checkpoint
-
-
 def train(config: dict, folder: RunFolder, data: MNISTData, reporter: Reporter, resume: dict | None = None,
-          progress: bool | None = None) -> dict:
-    """Train one VAE as ``config`` says; checkpoint every epoch; returns the per-epoch history.
+          progress: bool | None = None) -> TrainingResult:
+    """Train one VAE as ``config`` says (:func:`svilab.inference.vae_training.train_vae`), writing
+    ``folder/checkpoint.pt`` after every epoch.
 
     :raises DivergenceError: a NaN/inf loss or gradient (the last checkpoint stays in the folder).
     """
-    if len(data.train_x) < config["vae"]["batch_size"]:
-        raise ValueError(f"only {len(data.train_x)} training images for batch size {config['vae']['batch_size']}")
     pyro.clear_param_store()
     pyro.set_rng_seed(config["seed"])
-    vae = make_vae(config)
-    batch = config["vae"]["batch_size"]
-    steps_per_epoch = len(data.train_x) // batch
-    optim = GuardedAdam(vae.parameters(), lr=config["vae"]["lr"], steps=steps_per_epoch)
-    history: list[dict] = []
-    start = 0
-    if resume is not None:
-        vae.load_state_dict(resume["model"])
-        optim.load_state_dict(resume["optim"])
-        pyro.util.set_rng_state(resume["rng"])
-        history = resume["history"]
-        start = resume["epoch"] + 1
     jit = config.get("jit", False)
-    step = TrainStep(vae, optim, _loss(config, jit), jit=jit)
-    eval_loss = _loss(config, False)
-    if progress is None:
-        progress = sys.stderr.isatty()
-    t_start = time.perf_counter() - sum(h["seconds"] for h in history)
-    limit_s = None if config.get("time_limit_minutes") is None else 60 * config["time_limit_minutes"]
-    for epoch in range(start, config["epochs"]):
-        t0 = time.perf_counter()
-        idx, g = _epoch_batches(len(data.train_x), batch, config["seed"], epoch)
-        first = optim.t
-        bar = tqdm(idx, desc=f"epoch {epoch + 1}/{config['epochs']}", disable=not progress, leave=False)
-        for steps, b in enumerate(bar, start=1):
-            xb = data.train_x[b]
-            if data.binary:
-                xb = binarize(xb, g)
-            with pyro.validation_enabled(epoch == start and steps == 1):  # check the first step only
-                step(xb)
-            if steps % 50 == 0 or steps == len(idx):                     # read the guard now and then
-                if optim.diverged:
-                    bad = optim.first_bad_step() - first
-                    value = optim.losses(first + bad, first + bad + 1)[0]
-                    raise DivergenceError(
-                        f"the loss or its gradient became non-finite ({value}) in epoch {epoch + 1}, step "
-                        f"{bad + 1}; stopped. The last checkpoint (end of epoch {epoch}) is in {folder}", FitResult(
-                            np.array([h["train_loss"] for h in history]), 0.0, {}, epoch))
-                if progress:
-                    bar.set_postfix(loss=f"{optim.losses(first).mean() / batch:.2f}")
-        total = float(optim.losses(first).sum())
-        seconds = time.perf_counter() - t0
-        val_elbo, _ = vae_eval.elbo(vae, data.val_x)
-        row = {"epoch": epoch + 1, "train_loss": total / (len(idx) * batch),
-               "val_loss": objective_per_image(eval_loss, vae, data.val_x), "val_elbo": val_elbo,
-               "seconds": seconds}
-        history.append(row)
-        save_checkpoint(folder.path / CHECKPOINT, {"epoch": epoch, "model": vae.state_dict(),
-                                                   "optim": optim.state_dict(), "rng": pyro.util.get_rng_state(),
-                                                   "history": history, "config": config})
-        reporter.say(f"epoch {epoch + 1:3d}/{config['epochs']}: train {config['loss']} loss {row['train_loss']:.3f}, "
-                     f"validation loss {row['val_loss']:.3f}, validation ELBO {val_elbo:.3f} ({seconds:.1f} s)")
-        if limit_s is not None and time.perf_counter() - t_start > limit_s:
-            reporter.say(f"time limit of {config['time_limit_minutes']:g} min reached after epoch {epoch + 1}")
-            break
-    return {"vae": vae, "history": history}
+
+    def checkpoint(state: dict) -> None:
+        save_checkpoint(folder.path / CHECKPOINT, {**state, "config": config})
+
+    limit = config.get("time_limit_minutes")
+    try:
+        return train_vae(make_vae(config), data, _loss(config, jit), _loss(config, False), epochs=config["epochs"],
+                         seed=config["seed"], lr=config["vae"]["lr"], batch_size=config["vae"]["batch_size"],
+                         jit=jit, resume=resume, time_limit_s=None if limit is None else 60 * limit,
+                         on_epoch=checkpoint, say=reporter.say, label=config["loss"], progress=progress)
+    except DivergenceError as exc:
+        done = len(exc.result.history)
+        raise DivergenceError(f"{exc} The last checkpoint (end of epoch {done}) is in {folder}", exc.result) from None
 
 
 def evaluate(vae: VAE, data: MNISTData, config: dict) -> dict:
@@ -232,94 +145,6 @@ def evaluate(vae: VAE, data: MNISTData, config: dict) -> dict:
             "iwae_k": ev["k"], "iwae_images": len(x),
             "reconstruction_error": vae_eval.reconstruction_error(vae, data.test_x),
             "active_units": vae_eval.active_units(vae, data.test_x), "eval_seconds": time.perf_counter() - t0}
-
-
-# ----------------------------------------------------------------------------- figures
-def _label(run: dict) -> str:
-    return run["loss"] if run.get("alpha") is None else f"{run['loss']} (alpha={run['alpha']:g})"
-
-
-def figure_curves(runs: list[dict]):
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for run in runs:
-        h = pd.DataFrame(run["history"])
-        line, = axes[0].plot(h["epoch"], h["train_loss"], label=f"{_label(run)} train")
-        axes[0].plot(h["epoch"], h["val_loss"], ls="--", color=line.get_color(), label=f"{_label(run)} validation")
-        axes[1].plot(h["epoch"], h["val_elbo"], color=line.get_color(), label=_label(run))
-    axes[0].set_title("Training objective per image (each run's own loss)")
-    axes[1].set_title("Validation ELBO per image (the same yardstick for all)")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("loss (nats)")
-    axes[1].set_ylabel("ELBO (nats)")
-    fig.tight_layout()
-    return fig
-
-
-def _grid(images: torch.Tensor, nrow: int) -> np.ndarray:
-    from torchvision.utils import make_grid
-
-    return make_grid(images.reshape(-1, 1, 28, 28).clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)[0].numpy()
-
-
-@torch.no_grad()
-def figure_reconstructions(runs: list[dict], x: torch.Tensor, n: int = 12):
-    fig, axes = plt.subplots(len(runs) + 1, 1, figsize=(n * 0.7, 0.9 * (len(runs) + 1) + 0.4))
-    axes = np.atleast_1d(axes)
-    axes[0].imshow(_grid(x[:n], n), cmap="gray_r")
-    axes[0].set_title("test images", fontsize=9, loc="left")
-    for ax, run in zip(axes[1:], runs, strict=True):
-        vae = run["model"]
-        rec = vae.mean_image(vae.decode(vae.encode(x[:n])[0]))
-        ax.imshow(_grid(rec, n), cmap="gray_r")
-        ax.set_title(f"reconstructions: {_label(run)}", fontsize=9, loc="left")
-    for ax in axes:
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
-
-
-@torch.no_grad()
-def figure_latents(runs: list[dict], x: torch.Tensor, y: torch.Tensor, n: int = 5000):
-    k = runs[0]["model"].config.latent_dim
-    cols = 2 if k > 2 else 1
-    fig, axes = plt.subplots(len(runs), cols, figsize=(5.2 * cols, 4.4 * len(runs)), squeeze=False)
-    for row, run in zip(axes, runs, strict=True):
-        m = vae_eval.latent_means(run["model"], x[:n])
-        views = [(m[:, :2], "z1", "z2", "first two latent dimensions")]
-        if k > 2:
-            centred = m - m.mean(0)
-            _, _, v = torch.linalg.svd(centred, full_matrices=False)
-            views.append((centred @ v[:2].T, "PC 1", "PC 2", "PCA projection"))
-        for ax, (pts, xl, yl, title) in zip(row, views, strict=True):
-            sc = ax.scatter(pts[:, 0], pts[:, 1], c=y[:n], cmap="tab10", s=2, alpha=0.6, vmin=-0.5, vmax=9.5)
-            ax.set_xlabel(xl)
-            ax.set_ylabel(yl)
-            ax.set_title(f"{_label(run)}: {title}", fontsize=9)
-        fig.colorbar(sc, ax=row[-1], ticks=range(10), label="digit")
-    fig.tight_layout()
-    return fig
-
-
-@torch.no_grad()
-def figure_samples(runs: list[dict], n: int = 32, seed: int = 0):
-    fig, axes = plt.subplots(len(runs), 1, figsize=(n * 0.35, 1.1 * len(runs) + 0.3), squeeze=False)
-    for ax, run in zip(axes[:, 0], runs, strict=True):
-        vae = run["model"]
-        z = torch.randn(n, vae.config.latent_dim, generator=torch.Generator().manual_seed(seed))
-        ax.imshow(_grid(vae.mean_image(vae.decode(z)), n // 2 if n > 16 else n), cmap="gray_r")
-        ax.set_title(f"samples from the prior (decoder mean): {_label(run)}", fontsize=9, loc="left")
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
-
-
-def save_figures(folder: RunFolder, runs: list[dict], data: MNISTData) -> None:
-    folder.save_figure(figure_curves(runs), "curves")
-    folder.save_figure(figure_reconstructions(runs, data.test_x), "reconstructions")
-    folder.save_figure(figure_latents(runs, data.test_x, data.test_y), "latents")
-    folder.save_figure(figure_samples(runs), "prior_samples")
 
 
 # ----------------------------------------------------------------------------- one run, end to end
@@ -339,14 +164,13 @@ def run_one(config: dict, folder: RunFolder, data: MNISTData, reporter: Reporter
         else:
             reporter.say(f"interrupted before the first epoch finished: nothing to resume in {folder}")
         raise
-    vae = out["vae"]
+    vae = out.vae
     metrics = evaluate(vae, data, config)
-    secs = [h["seconds"] for h in out["history"]]
     result = {"loss": config["loss"], "alpha": config["alpha"], **metrics,
-              "seconds_per_epoch": float(np.mean(secs)) if secs else None, "epochs": len(out["history"]),
-              "parameters": count_parameters(vae), "history": out["history"]}
+              "seconds_per_epoch": out.seconds_per_epoch, "epochs": len(out.history),
+              "parameters": count_parameters(vae), "history": out.history}
     folder.write_results(result)
-    pd.DataFrame(out["history"]).set_index("epoch").to_csv(folder.path / "history.csv")
+    pd.DataFrame(out.history).set_index("epoch").to_csv(folder.path / "history.csv")
     run = {**result, "model": vae}
     save_figures(folder, [run], data)
     return run

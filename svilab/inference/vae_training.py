@@ -1,0 +1,171 @@
+r"""Training a VAE by SVI: the step, the epoch loop and its result, with hooks for checkpoints.
+
+One step is Pyro's ELBO of the model/guide pair (``loss_fn.differentiable_loss(vae.model,
+vae.guide, x)``, JIT-compiled once when ``loss_fn`` is a JIT ELBO) and one fused Adam update of
+every network parameter (:class:`svilab.inference.optim.GuardedAdam`, which skips every update
+from the first non-finite loss or gradient on). An epoch is one pass over a fixed random
+permutation of the training images (seeded by ``(seed, epoch)``, so a resumed run sees the same
+batches), binarized afresh each epoch when the data are binary (dynamic binarization), followed by
+the validation objective and the validation ELBO. :func:`train_vae` hands the state after every
+epoch to ``on_epoch`` (``svilab vae train`` writes its checkpoint there) and raises
+:class:`~svilab.inference.svi.DivergenceError` at a non-finite step, naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from svilab.data.mnist import MNISTData, binarize
+from svilab.inference import vae_eval
+from svilab.inference.jit_elbo import compile_quietly
+from svilab.inference.optim import GuardedAdam
+from svilab.inference.svi import DivergenceError, FitResult
+from svilab.models.vae import VAE
+
+
+class TrainStep:
+    """One optimisation step (see the module docstring); the caller reads ``optim.diverged`` now
+    and then. The model and guide are bound once: ``vae.model`` is a new bound-method object each
+    time it is read."""
+
+    def __init__(self, vae: VAE, optim: GuardedAdam, loss_fn, jit: bool = False) -> None:
+        self.model, self.guide = vae.model, vae.guide
+        self.optim, self.loss_fn = optim, loss_fn
+        self.compile = jit
+
+    def __call__(self, x: torch.Tensor) -> None:
+        if self.compile:
+            compile_quietly(self.loss_fn, self.model, self.guide, x)
+            self.compile = False
+        loss = self.loss_fn.differentiable_loss(self.model, self.guide, x)
+        loss.backward()
+        self.optim.step(loss)
+
+
+def epoch_batches(n: int, batch: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Generator]:
+    """The epoch's batches of indices, ``(n // batch, batch)`` (the last partial batch is dropped:
+    JIT graphs are shape-specialised), and the generator that binarizes them."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    full = (n // batch) * batch
+    return perm[:full].view(-1, batch), g
+
+
+@torch.no_grad()
+def objective_per_image(loss_fn, vae: VAE, x: torch.Tensor, batch: int = 1000) -> float:
+    """The training objective (``loss_fn.loss``) per image on ``x``."""
+    total = sum(loss_fn.loss(vae.model, vae.guide, x[i:i + batch]) for i in range(0, len(x), batch))
+    return total / len(x)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """``torch.save`` to a per-process temporary name, then an atomic rename: an interrupted save
+    never leaves a broken checkpoint, and two writers never share a temporary file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`train_vae` returns.
+
+    :ivar vae: the trained network.
+    :ivar history: one row per finished epoch (resumed runs included): ``epoch`` (1-based),
+        ``train_loss`` and ``val_loss`` (the objective per image), ``val_elbo``, ``seconds``.
+    :ivar stopped_by_time: the time limit ended the run before ``epochs``.
+    """
+
+    vae: VAE
+    history: list[dict]
+    stopped_by_time: bool = False
+
+    @property
+    def seconds_per_epoch(self) -> float | None:
+        secs = [h["seconds"] for h in self.history]
+        return float(np.mean(secs)) if secs else None
+
+
+def train_vae(vae: VAE, data: MNISTData, loss_fn, eval_loss_fn, *, epochs: int, seed: int, lr: float,
+              batch_size: int, jit: bool = False, resume: dict | None = None, time_limit_s: float | None = None,
+              on_epoch: Callable[[dict], None] | None = None, say: Callable[[str], None] | None = None,
+              label: str = "loss", progress: bool | None = None) -> TrainingResult:
+    """Train ``vae`` on ``data.train_x`` for ``epochs`` epochs (from ``resume["epoch"] + 1``).
+
+    :param loss_fn: the training ELBO (a Pyro ELBO object; JIT when ``jit``).
+    :param eval_loss_fn: the same objective, eager, for the validation loss.
+    :param resume: a state from ``on_epoch`` (``model``, ``optim``, ``rng``, ``history``, ``epoch``).
+    :param time_limit_s: stop after the epoch during which this much training time has passed.
+    :param on_epoch: called after every epoch with ``{"epoch" (0-based), "model", "optim", "rng",
+        "history"}``, everything a bit-identical resume needs.
+    :param say: one line per epoch (None: silent).
+    :raises DivergenceError: a NaN/inf loss or gradient (``on_epoch`` was last called for the epoch before).
+    :raises ValueError: fewer training images than one batch.
+    """
+    if len(data.train_x) < batch_size:
+        raise ValueError(f"only {len(data.train_x)} training images for batch size {batch_size}")
+    steps_per_epoch = len(data.train_x) // batch_size
+    optim = GuardedAdam(vae.parameters(), lr=lr, steps=steps_per_epoch)
+    history: list[dict] = []
+    start = 0
+    if resume is not None:
+        vae.load_state_dict(resume["model"])
+        optim.load_state_dict(resume["optim"])
+        pyro.util.set_rng_state(resume["rng"])
+        history = resume["history"]
+        start = resume["epoch"] + 1
+    step = TrainStep(vae, optim, loss_fn, jit=jit)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    t_start = time.perf_counter() - sum(h["seconds"] for h in history)
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        idx, g = epoch_batches(len(data.train_x), batch_size, seed, epoch)
+        first = optim.t
+        bar = tqdm(idx, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        for steps, b in enumerate(bar, start=1):
+            xb = data.train_x[b]
+            if data.binary:
+                xb = binarize(xb, g)
+            with pyro.validation_enabled(epoch == start and steps == 1):  # check the first step only
+                step(xb)
+            if steps % 50 == 0 or steps == len(idx):                     # read the guard now and then
+                if optim.diverged:
+                    bad = optim.first_bad_step() - first
+                    value = optim.losses(first + bad, first + bad + 1)[0]
+                    raise DivergenceError(
+                        f"the loss or its gradient became non-finite ({value}) in epoch {epoch + 1}, step "
+                        f"{bad + 1}; stopped.", FitResult(np.array([h["train_loss"] for h in history]), 0.0, {}, epoch))
+                if progress:
+                    bar.set_postfix(loss=f"{optim.losses(first).mean() / batch_size:.2f}")
+        total = float(optim.losses(first).sum())
+        seconds = time.perf_counter() - t0
+        val_elbo, _ = vae_eval.elbo(vae, data.val_x)
+        row = {"epoch": epoch + 1, "train_loss": total / (len(idx) * batch_size),
+               "val_loss": objective_per_image(eval_loss_fn, vae, data.val_x), "val_elbo": val_elbo,
+               "seconds": seconds}
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch({"epoch": epoch, "model": vae.state_dict(), "optim": optim.state_dict(),
+                      "rng": pyro.util.get_rng_state(), "history": history})
+        if say is not None:
+            say(f"epoch {epoch + 1:3d}/{epochs}: train {label} loss {row['train_loss']:.3f}, "
+                f"validation loss {row['val_loss']:.3f}, validation ELBO {val_elbo:.3f} ({seconds:.1f} s)")
+        if time_limit_s is not None and time.perf_counter() - t_start > time_limit_s:
+            if say is not None:
+                say(f"time limit of {time_limit_s / 60:g} min reached after epoch {epoch + 1}")
+            return TrainingResult(vae, history, stopped_by_time=True)
+    return TrainingResult(vae, history)
+
+
+__all__ = ["TrainStep", "TrainingResult", "epoch_batches", "objective_per_image", "save_checkpoint", "train_vae"]
