@@ -33,21 +33,19 @@ def main(args: argparse.Namespace) -> int:
                                  {"command": "exact", **model.config()})
 
     reporter.say("\n== 2. Monte Carlo ELBO estimator (notebook 1.1) ==")
-    point = gradients.NOTEBOOK_POINT
-    cfg = {"family": "normal", "point": point, "M": [5, 10, 100, 1000], "reps": 1000, "seed": args.seed}
-    sub = folder.sub("elbo")
-    sub.write_config({"command": "elbo", **cfg, **model.config()})
-    lab = gradients.poisson_gamma_lab(model, "normal", point)
-    results["elbo"] = gradients.run_elbo(lab, cfg["M"], cfg["reps"], args.seed, sub, reporter)
-    sub.write_results(results["elbo"])
-
-    reporter.say("\n== 3. Gradient estimators (notebook 1.2-1.3, with variance reduction) ==")
-    cfg = {**cfg, "reps": 500, "estimators": list(gradients.GRADIENT_ESTIMATORS)}
-    sub = folder.sub("gradients")
-    sub.write_config({"command": "gradients", **cfg, **model.config()})
-    results["gradients"] = gradients.run_gradients(lab, cfg["estimators"], cfg["M"], cfg["reps"], args.seed, sub,
-                                                   reporter)
-    sub.write_results(results["gradients"])
+    lab = gradients.poisson_gamma_lab(model, "normal", gradients.NOTEBOOK_POINT)
+    for command, title, reps, write, run in (
+            ("elbo", None, 1000, gradients.write_elbo, gradients.run_elbo),
+            ("gradients", "\n== 3. Gradient estimators (notebook 1.2-1.3, with variance reduction) ==", 500,
+             gradients.write_gradients, gradients.run_gradients)):
+        if title:
+            reporter.say(title)
+        cfg = gradients.SweepConfig(command, (5, 10, 100, 1000), reps=reps, seed=args.seed,
+                                    point=gradients.NOTEBOOK_POINT)
+        sub = folder.sub(command)
+        sub.write_config({"command": command, **cfg.as_dict(), **model.config()})
+        results[command] = write(run(lab, cfg), sub, reporter)
+        sub.write_results(results[command])
 
     reporter.say("\n== 4. SVI with five guides and NUTS vs the exact posterior ==")
     sub = folder.sub("posterior")

@@ -1,12 +1,19 @@
 """``svilab elbo`` and ``svilab gradients``: the Monte Carlo ELBO and gradient estimators of the
-exercise notebook, done properly, swept over M and checked against the exact values."""
+exercise notebook, done properly, swept over M and checked against the exact values.
+
+Layers: :class:`SweepConfig` (typed, checked) -> a :class:`Lab` (target, family, point, exact
+values) -> :func:`run_elbo` / :func:`run_gradients` (computation only, returning
+:class:`ELBOSweep` / :class:`GradientSweep`) -> :func:`write_elbo` / :func:`write_gradients` (tables,
+figures, the JSON) -> the argparse layer (:func:`register`). ``svilab demo`` and tests build
+configs directly.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -83,76 +90,159 @@ def user_lab(um, point_text: str | None, seed: int, reference_samples: int = REF
     return Lab(target, "gaussian", point, names, elbo, elbo_se, grad, grad_se, method)
 
 
-def _point(args) -> tuple[float, ...]:
-    if args.point is None:
-        return DEFAULT_POINTS[args.family]
-    return tuple(parse_floats(args.point, "--point", 4))
-
-
-def _check_common(Ms, reps):
-    Ms = [positive_int(m, "M") for m in Ms]
-    reps = positive_int(reps, "--reps", 2)
-    return Ms, reps
-
-
-# ---------------------------------------------------------------------------------------- elbo
+# ------------------------------------------------------------------------------------ config
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
-def run_elbo(lab: Lab, Ms, reps: int, seed: int, folder: RunFolder, reporter: Reporter,
-             dtype: torch.dtype = torch.float64) -> dict:
-    Ms, reps = _check_common(Ms, reps)
-    target, family, point, exact = lab.target, lab.family, lab.point, lab.exact_elbo
-    gen = torch.Generator().manual_seed(seed)
+@dataclass(frozen=True)
+class SweepConfig:
+    """One estimator sweep, checked on construction (a ValueError names the option).
+
+    :ivar command: ``elbo`` (the ELBO value) or ``gradients``.
+    :ivar M: samples per estimate, one sweep point each.
+    :ivar reps: repetitions per M (>= 2, for a standard deviation).
+    :ivar family: the mean-field family (``normal``, ``lognormal``; ``gaussian`` for a user model).
+    :ivar point: guide parameters (None: the family's default point).
+    :ivar estimators: gradient estimators (``gradients`` only; empty: all).
+    """
+
+    command: str
+    M: tuple[int, ...]
+    reps: int = 1000
+    seed: int = 0
+    family: str = "normal"
+    point: tuple[float, ...] | None = None
+    dtype: str = "float64"
+    estimators: tuple[str, ...] = ()
+    boxplots: bool = True
+    reference_samples: int = REFERENCE_SAMPLES
+    extra: dict = field(default_factory=dict)   # what else the run folder's config.json records
+
+    def __post_init__(self) -> None:
+        if self.command not in ("elbo", "gradients"):
+            raise ValueError(f"unknown sweep {self.command!r}; known: elbo, gradients")
+        object.__setattr__(self, "M", tuple(positive_int(m, "M") for m in self.M))
+        object.__setattr__(self, "reps", positive_int(self.reps, "--reps", 2))
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.command == "gradients":
+            names = tuple(get_estimator(e).name for e in (self.estimators or GRADIENT_ESTIMATORS))
+            for e in names:
+                if get_estimator(e).is_value:
+                    raise ValueError(f"{e!r} estimates the ELBO value, not its gradient; use `svilab elbo`")
+                bad = [M for M in self.M if M < get_estimator(e).min_samples]
+                if bad:
+                    raise ValueError(f"estimator {e!r} needs M >= {get_estimator(e).min_samples}, got {bad}")
+            object.__setattr__(self, "estimators", names)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("extra")
+        return {**self.extra, **d, "M": list(self.M), "estimators": list(self.estimators) or None}
+
+
+# ---------------------------------------------------------------------------------------- elbo
+@dataclass
+class ELBOSweep:
+    """What :func:`run_elbo` computed: one row per M (``mean``, ``std``, ``se``, ``exact``,
+    ``bias/se``) and every repetition's estimate (``samples[M]``, shape ``(reps,)``)."""
+
+    lab: Lab
+    config: SweepConfig
+    table: pd.DataFrame
+    samples: dict[int, np.ndarray]
+
+    def to_json(self) -> dict:
+        lab = self.lab
+        exact_json = {"elbo": lab.exact_elbo} if lab.exact_method == "quadrature" else \
+            {"elbo": lab.exact_elbo, "elbo_se": lab.exact_elbo_se, "method": lab.exact_method}
+        return {"point": dict(zip(lab.param_names, lab.point, strict=True)), "family": lab.family,
+                "exact": exact_json,
+                "results": [{"M": int(M), **{k: float(r[k]) for k in ("mean", "std", "se")}}
+                            for M, r in self.table.iterrows()]}
+
+
+def run_elbo(lab: Lab, config: SweepConfig) -> ELBOSweep:
+    """The ELBO estimator ``config.reps`` times at every M (one generator, seeded by ``config.seed``)."""
+    gen = torch.Generator().manual_seed(config.seed)
     rows, samples = [], {}
-    for M in Ms:
-        v = estimate("elbo", target, family, point, M, reps, generator=gen, dtype=dtype).double()
+    for M in config.M:
+        v = estimate("elbo", lab.target, lab.family, lab.point, M, config.reps, generator=gen,
+                     dtype=config.torch_dtype).double()
         samples[M] = v.numpy()
         mean, sd = v.mean().item(), v.std().item()
-        se = sd / math.sqrt(reps)
-        rows.append({"M": M, "mean": mean, "std": sd, "se": se, "exact": exact,
-                     "bias/se": (mean - exact) / math.hypot(se, lab.exact_elbo_se)})
-    df = pd.DataFrame(rows).set_index("M")
-    folder.write_table("elbo", df)
+        se = sd / math.sqrt(config.reps)
+        rows.append({"M": M, "mean": mean, "std": sd, "se": se, "exact": lab.exact_elbo,
+                     "bias/se": (mean - lab.exact_elbo) / math.hypot(se, lab.exact_elbo_se)})
+    return ELBOSweep(lab, config, pd.DataFrame(rows).set_index("M"), samples)
+
+
+def elbo_figure(sweep: ELBOSweep):
+    """The notebook's boxplot of the estimates per M, with the exact (or reference) ELBO drawn."""
+    lab, Ms, reps = sweep.lab, sweep.config.M, sweep.config.reps
     fig, ax = plt.subplots(figsize=(8, 5))
-    ax.boxplot([samples[M] for M in Ms], positions=range(1, len(Ms) + 1))
+    ax.boxplot([sweep.samples[M] for M in Ms], positions=range(1, len(Ms) + 1))
     label = "exact" if lab.exact_method == "quadrature" else "reference"
-    ax.axhline(exact, color="tab:red", lw=1.5, label=f"{label} ELBO = {exact:.4f}")
+    ax.axhline(lab.exact_elbo, color="tab:red", lw=1.5, label=f"{label} ELBO = {lab.exact_elbo:.4f}")
     ax.set_xticks(range(1, len(Ms) + 1), [str(M) for M in Ms])
     ax.set_xlabel("M (samples per estimate)")
     ax.set_ylabel("ELBO estimate")
-    ax.set_title(f"Monte Carlo ELBO estimator, {reps} repetitions per M ({family} guide at {_short(point)})")
+    ax.set_title(f"Monte Carlo ELBO estimator, {reps} repetitions per M ({lab.family} guide at {_short(lab.point)})")
     ax.legend()
-    folder.save_figure(fig, "elbo_boxplot")
-    reporter.table(f"Monte Carlo ELBO estimate ({family} guide at {_short(point)}, {reps} repetitions; "
-                   f"{label}: {lab.exact_method})", df)
-    exact_json = {"elbo": exact} if lab.exact_method == "quadrature" else \
-        {"elbo": exact, "elbo_se": lab.exact_elbo_se, "method": lab.exact_method}
-    return {"point": dict(zip(lab.param_names, point, strict=True)), "family": family, "exact": exact_json,
-            "results": [{"M": int(M), **{k: r[k] for k in ("mean", "std", "se")}}
-                        for M, r in zip(Ms, rows, strict=True)]}
+    return fig
+
+
+def write_elbo(sweep: ELBOSweep, folder: RunFolder, reporter: Reporter) -> dict:
+    """Table, figure and printout of an ELBO sweep; returns its JSON."""
+    lab = sweep.lab
+    folder.write_table("elbo", sweep.table)
+    folder.save_figure(elbo_figure(sweep), "elbo_boxplot")
+    label = "exact" if lab.exact_method == "quadrature" else "reference"
+    reporter.table(f"Monte Carlo ELBO estimate ({lab.family} guide at {_short(lab.point)}, {sweep.config.reps} "
+                   f"repetitions; {label}: {lab.exact_method})", sweep.table)
+    return sweep.to_json()
 
 
 # ----------------------------------------------------------------------------------- gradients
-def run_gradients(lab: Lab, estimators, Ms, reps: int, seed: int, folder: RunFolder, reporter: Reporter,
-                  boxplots: bool = True, dtype: torch.dtype = torch.float64) -> dict:
-    Ms, reps = _check_common(Ms, reps)
-    estimators = [get_estimator(e).name for e in estimators]
-    for e in estimators:
-        if get_estimator(e).is_value:
-            raise ValueError(f"{e!r} estimates the ELBO value, not its gradient; use `svilab elbo`")
-        bad = [M for M in Ms if M < get_estimator(e).min_samples]
-        if bad:
-            raise ValueError(f"estimator {e!r} needs M >= {get_estimator(e).min_samples}, got {bad}")
+@dataclass
+class GradientSweep:
+    """What :func:`run_gradients` computed: per (estimator, M) the mean, std, bias in standard errors,
+    variance and seconds per estimate (``results``, the JSON rows; ``long``, one row per parameter)
+    and every repetition's estimate (``draws[estimator, M]``, shape ``(reps, P)``)."""
+
+    lab: Lab
+    config: SweepConfig
+    results: list[dict]
+    long: pd.DataFrame
+    draws: dict
+
+    def to_json(self) -> dict:
+        lab, names = self.lab, self.lab.param_names
+        exact_json = {"elbo": lab.exact_elbo, "grad": dict(zip(names, lab.exact_grad.tolist(), strict=True))}
+        if lab.exact_method != "quadrature":
+            exact_json.update({"elbo_se": lab.exact_elbo_se,
+                               "grad_se": dict(zip(names, lab.exact_grad_se.tolist(), strict=True)),
+                               "method": lab.exact_method})
+        return {"point": dict(zip(names, lab.point, strict=True)), "family": lab.family, "exact": exact_json,
+                "results": self.results}
+
+
+def run_gradients(lab: Lab, config: SweepConfig) -> GradientSweep:
+    """Every estimator of ``config.estimators`` ``config.reps`` times at every M, timed."""
     target, family, point, names = lab.target, lab.family, lab.point, lab.param_names
-    exact_elbo, exact_grad, exact_se = lab.exact_elbo, lab.exact_grad, lab.exact_grad_se
-    estimate("reparam", target, family, point, 10, 10, dtype=dtype)   # warm-up, so timings are fair
-    gen = torch.Generator().manual_seed(seed)
+    exact_grad, exact_se, reps = lab.exact_grad, lab.exact_grad_se, config.reps
+    estimate("reparam", target, family, point, 10, 10, dtype=config.torch_dtype)   # warm-up, so timings are fair
+    gen = torch.Generator().manual_seed(config.seed)
     results, long_rows, draws = [], [], {}
-    for name in estimators:
-        for M in Ms:
+    for name in config.estimators:
+        for M in config.M:
             t0 = time.perf_counter()
-            g = estimate(name, target, family, point, M, reps, generator=gen, dtype=dtype).double().numpy()
+            g = estimate(name, target, family, point, M, reps, generator=gen,
+                         dtype=config.torch_dtype).double().numpy()
             secs = (time.perf_counter() - t0) / reps
             draws[name, M] = g
             mean, sd = g.mean(0), g.std(0, ddof=1)
@@ -170,35 +260,48 @@ def run_gradients(lab: Lab, estimators, Ms, reps: int, seed: int, folder: RunFol
                                   "std": sd[k], "exact": exact_grad[k],
                                   "bias/se": bias_se[k], "variance": var[k],
                                   "seconds": secs, "variance x seconds": var[k] * secs})
-    long = pd.DataFrame(long_rows)
+    return GradientSweep(lab, config, results, pd.DataFrame(long_rows), draws)
+
+
+def gradient_figures(sweep: GradientSweep) -> dict:
+    """``{file name: figure}``: the 2x2 boxplots per estimator (when ``config.boxplots``) and the
+    log-log variance-against-M plot of all estimators."""
+    lab, cfg = sweep.lab, sweep.config
+    label = "exact gradient" if lab.exact_method == "quadrature" else "reference gradient"
+    figs = {}
+    if cfg.boxplots:
+        for name in cfg.estimators:
+            figs[f"boxplots_{name}"] = _boxplots(name, cfg.M, sweep.draws, lab.exact_grad, cfg.reps,
+                                                 lab.param_names, label)
+    figs["variance_vs_M"] = _variance_plot(sweep.long, cfg.estimators, lab.param_names)
+    return figs
+
+
+def write_gradients(sweep: GradientSweep, folder: RunFolder, reporter: Reporter) -> dict:
+    """Tables, figures and printout of a gradient sweep; returns its JSON."""
+    lab, cfg, long = sweep.lab, sweep.config, sweep.long
+    names, family, point = lab.param_names, lab.family, lab.point
     folder.write_table("gradients_long", long.set_index(["estimator", "M", "param"]))
     quad = lab.exact_method == "quadrature"
-    exact_row = pd.DataFrame([exact_grad] if quad else [exact_grad, exact_se], columns=list(names),
+    exact_row = pd.DataFrame([lab.exact_grad] if quad else [lab.exact_grad, lab.exact_grad_se], columns=list(names),
                              index=["exact"] if quad else ["reference", "reference se"])
     folder.write_table("exact_gradient", exact_row)
     reporter.table(f"{'Exact' if quad else 'Reference'} ELBO gradient ({lab.exact_method}; {family} guide at "
-                   f"{_short(point)}); ELBO = {exact_elbo:.6f}", exact_row.T if len(names) > 4 else exact_row)
-    for name in estimators:
+                   f"{_short(point)}); ELBO = {lab.exact_elbo:.6f}", exact_row.T if len(names) > 4 else exact_row)
+    for name in cfg.estimators:
         sub = long[long.estimator == name]
         wide = _notebook_table(sub, names)
         folder.write_table(f"gradients_{name}", wide)
-        reporter.table(f"{name}: mean and std of each gradient component over {reps} repetitions; "
+        reporter.table(f"{name}: mean and std of each gradient component over {cfg.reps} repetitions; "
                        f"bias/se = (mean - exact) / standard error", wide, floatfmt=".4g")
     eff = long.pivot_table(index=["estimator"], columns=["param"], values="variance x seconds",
                            aggfunc="median")[list(names)]
     folder.write_table("work_normalised_variance", eff)
     reporter.table("Work-normalised variance (variance x seconds per estimate; median over M; lower is better)",
                    eff, floatfmt=".3g")
-    if boxplots:
-        for name in estimators:
-            folder.save_figure(_boxplots(name, Ms, draws, exact_grad, reps, names,
-                                         "exact gradient" if quad else "reference gradient"), f"boxplots_{name}")
-    folder.save_figure(_variance_plot(long, estimators, names), "variance_vs_M")
-    exact_json = {"elbo": exact_elbo, "grad": dict(zip(names, exact_grad.tolist(), strict=True))}
-    if not quad:
-        exact_json.update({"elbo_se": lab.exact_elbo_se, "grad_se": dict(zip(names, exact_se.tolist(), strict=True)),
-                           "method": lab.exact_method})
-    return {"point": dict(zip(names, point, strict=True)), "family": family, "exact": exact_json, "results": results}
+    for fname, fig in gradient_figures(sweep).items():
+        folder.save_figure(fig, fname)
+    return sweep.to_json()
 
 
 def _short(point) -> str:
@@ -308,36 +411,50 @@ def register(sub) -> None:
     p.set_defaults(func=main_gradients)
 
 
-def _config(args, command):
-    return {"command": command, **{k: v for k, v in vars(args).items() if k != "func"}}
+def config_from_args(args, command: str) -> SweepConfig:
+    """The typed configuration of the command line (the model options are read by :func:`make_lab`)."""
+    return SweepConfig(command, tuple(args.M), reps=args.reps, seed=args.seed, family=args.family or "normal",
+                       dtype=args.dtype, estimators=tuple(getattr(args, "estimators", ()) or ()),
+                       boxplots=not getattr(args, "no_boxplots", False),
+                       reference_samples=args.reference_samples,
+                       extra={k: v for k, v in vars(args).items() if k not in ("func", "M", "estimators")})
 
 
-def _main(args, command: str, run) -> int:
-    """Shared body of both commands: model, run folder, config, run, results, JSON."""
-    from svilab.models.user import UserModel, float64_default
+def make_lab(model, config: SweepConfig, point_text: str | None) -> Lab:
+    """The lab of the Poisson-Gamma model or a user's model (then the family is ``gaussian``)."""
+    from svilab.models.user import UserModel
 
+    if isinstance(model, UserModel):
+        if config.dtype != "float64":
+            raise ValueError("--dtype float32 is for the Poisson-Gamma model; a --model runs in float64")
+        if config.extra.get("family") not in (None, "gaussian"):
+            raise ValueError(f"--family {config.family} is for the Poisson-Gamma model; with --model the family "
+                             "is gaussian (a Normal per unconstrained coordinate)")
+        return user_lab(model, point_text, config.seed,
+                        positive_int(config.reference_samples, "--reference-samples", 128))
+    if config.family == "gaussian":
+        raise ValueError("--family gaussian needs --model (the Poisson-Gamma latents are positive)")
+    point = DEFAULT_POINTS[config.family] if point_text is None else tuple(parse_floats(point_text, "--point", 4))
+    return poisson_gamma_lab(model, config.family, point)
+
+
+def _main(args, command: str) -> int:
+    """Shared body of both commands: config, model, lab, run folder, run, write, JSON."""
+    from svilab.models.user import float64_default
+
+    config = config_from_args(args, command)
     model = model_from_args(args)
     reporter = Reporter(args.json)
     with float64_default():
-        if isinstance(model, UserModel):
-            if args.dtype != "float64":
-                raise ValueError("--dtype float32 is for the Poisson-Gamma model; a --model runs in float64")
-            if args.family not in (None, "gaussian"):
-                raise ValueError(f"--family {args.family} is for the Poisson-Gamma model; with --model the family "
-                                 "is gaussian (a Normal per unconstrained coordinate)")
-            _check_common(args.M, args.reps)
-            lab = user_lab(model, args.point, args.seed,
-                           positive_int(args.reference_samples, "--reference-samples", 128))
-        else:
-            if args.family == "gaussian":
-                raise ValueError("--family gaussian needs --model (the Poisson-Gamma latents are positive)")
-            args.family = args.family or "normal"
-            _check_common(args.M, args.reps)
-            lab = poisson_gamma_lab(model, args.family, _point(args))
+        lab = make_lab(model, config, args.point)
+        config = replace(config, family=lab.family, point=lab.point)
         folder = run_folder(args, command)
-        folder.write_config({**_config(args, command), "family": lab.family, "point": lab.point,
-                             "exact_method": lab.exact_method, **model.config()})
-        res = run(lab, folder, reporter)
+        folder.write_config({"command": command, **config.as_dict(), "exact_method": lab.exact_method,
+                             **model.config()})
+        if command == "elbo":
+            res = write_elbo(run_elbo(lab, config), folder, reporter)
+        else:
+            res = write_gradients(run_gradients(lab, config), folder, reporter)
     folder.write_results(res)
     reporter.say(f"\nRun folder: {folder}")
     reporter.emit_json(res)
@@ -345,11 +462,8 @@ def _main(args, command: str, run) -> int:
 
 
 def main_elbo(args) -> int:
-    return _main(args, "elbo", lambda lab, folder, reporter: run_elbo(
-        lab, args.M, args.reps, args.seed, folder, reporter, DTYPES[args.dtype]))
+    return _main(args, "elbo")
 
 
 def main_gradients(args) -> int:
-    return _main(args, "gradients", lambda lab, folder, reporter: run_gradients(
-        lab, args.estimators, args.M, args.reps, args.seed, folder, reporter, boxplots=not args.no_boxplots,
-        dtype=DTYPES[args.dtype]))
+    return _main(args, "gradients")
