@@ -29,8 +29,7 @@ def main(args: argparse.Namespace) -> int:
     folder.write_config({"command": "demo", "seed": args.seed, **model.config()})
 
     reporter.say("== 1. Exact posterior and mean-field CAVI ==")
-    results["exact"] = exact.run(model, folder.sub("exact"), reporter,
-                                 {"command": "exact", **model.config()})
+    results["exact"] = exact.write(exact.run(model), folder.sub("exact"), reporter)
 
     reporter.say("\n== 2. Monte Carlo ELBO estimator (notebook 1.1) ==")
     lab = gradients.poisson_gamma_lab(model, "normal", gradients.NOTEBOOK_POINT)

@@ -1,9 +1,15 @@
-"""``svilab exact``: the exact posterior and the mean-field CAVI posterior, side by side."""
+"""``svilab exact``: the exact posterior and the mean-field CAVI posterior, side by side.
+
+Layers: :func:`run` (computation: :class:`ExactComparison`) -> :func:`table`, :func:`quantile_table`,
+:func:`figure` -> :func:`write` (run folder and printout) -> the argparse layer. The configuration
+is the model itself (data and priors, ``PoissonGamma.config()``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,21 +29,30 @@ from svilab.inference.exact import ExactPosterior
 from svilab.models.poisson_gamma import PoissonGamma
 
 
-def compute(model: PoissonGamma) -> tuple[ExactPosterior, CAVIResult, dict]:
-    """Exact posterior, CAVI, and the JSON-ready results (the ``svilab exact --json`` keys)."""
-    exact = ExactPosterior(model)
-    q = cavi(model)
-    results = {
-        "log_evidence": exact.log_evidence,
-        "exact": {"u": {"mean": exact.mean["u"], "sd": exact.sd["u"]},
-                  "v": {"mean": exact.mean["v"], "sd": exact.sd["v"]},
-                  "corr": exact.corr},
-        "cavi": {"u": q.q_u.as_dict(), "v": q.q_v.as_dict(), "elbo": q.elbo,
-                 "kl": q.kl(exact.log_evidence), "iterations": q.iterations, "converged": q.converged},
-        "quadrature_accuracy": exact.accuracy,
-        "warnings": [] if q.converged else [cavi_warning(q)],
-    }
-    return exact, q, results
+@dataclass
+class ExactComparison:
+    """What :func:`run` computed: the exact posterior and the CAVI result for one model."""
+
+    model: PoissonGamma
+    exact: ExactPosterior
+    cavi: CAVIResult
+
+    @property
+    def warnings(self) -> list[str]:
+        return [] if self.cavi.converged else [cavi_warning(self.cavi)]
+
+    def to_json(self) -> dict:
+        """The ``svilab exact --json`` keys."""
+        summary, q = self.exact.summary(), self.cavi
+        return {"log_evidence": summary.pop("log_evidence"), "exact": summary,
+                "cavi": {"u": q.q_u.as_dict(), "v": q.q_v.as_dict(), "elbo": q.elbo,
+                         "kl": q.kl(self.exact.log_evidence), "iterations": q.iterations, "converged": q.converged},
+                "quadrature_accuracy": self.exact.accuracy, "warnings": self.warnings}
+
+
+def run(model: PoissonGamma) -> ExactComparison:
+    """The exact posterior (quadrature) and CAVI of ``model``."""
+    return ExactComparison(model, ExactPosterior(model), cavi(model))
 
 
 def cavi_warning(q: CAVIResult) -> str:
@@ -45,7 +60,9 @@ def cavi_warning(q: CAVIResult) -> str:
             "relative); its factors and ELBO are the last iterate's")
 
 
-def table(exact: ExactPosterior, q: CAVIResult) -> pd.DataFrame:
+def table(result: ExactComparison) -> pd.DataFrame:
+    """Moments, log evidence, ELBO and KL of both posteriors."""
+    exact, q = result.exact, result.cavi
     rows = {
         "E[u]": (exact.mean["u"], q.q_u.mean),
         "sd(u)": (exact.sd["u"], q.q_u.sd),
@@ -59,8 +76,15 @@ def table(exact: ExactPosterior, q: CAVIResult) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index", columns=["exact", "CAVI (mean-field)"])
 
 
-def figure(exact: ExactPosterior, q: CAVIResult, n_grid: int = 300):
+def quantile_table(result: ExactComparison) -> pd.DataFrame:
+    """The exact posterior's quantiles of u and v."""
+    return pd.DataFrame({name: result.exact.quantile(name, [0.025, 0.25, 0.5, 0.75, 0.975]) for name in ("u", "v")},
+                        index=["2.5%", "25%", "50%", "75%", "97.5%"]).T
+
+
+def figure(result: ExactComparison, n_grid: int = 300):
     """Joint posterior contours with the CAVI product q(u)q(v) overlaid, and both marginals."""
+    exact, q = result.exact, result.cavi
     box = exact.grid_box(2e-4)
     ug = np.linspace(*box["u"], n_grid)
     vg = np.linspace(*box["v"], n_grid)
@@ -100,23 +124,21 @@ def figure(exact: ExactPosterior, q: CAVIResult, n_grid: int = 300):
     return fig
 
 
-def run(model: PoissonGamma, folder: RunFolder, reporter: Reporter, config: dict) -> dict:
-    exact, q, results = compute(model)
-    folder.write_config(config)
+def write(result: ExactComparison, folder: RunFolder, reporter: Reporter) -> dict:
+    """Config, results, tables and figure in ``folder``; the tables printed; returns the JSON."""
+    folder.write_config({"command": "exact", **result.model.config()})
+    results = result.to_json()
     folder.write_results(results)
-    df = table(exact, q)
+    df, quant = table(result), quantile_table(result)
     folder.write_table("exact_vs_cavi", df)
-    quant = pd.DataFrame(
-        {name: exact.quantile(name, [0.025, 0.25, 0.5, 0.75, 0.975]) for name in ("u", "v")},
-        index=["2.5%", "25%", "50%", "75%", "97.5%"]).T
     folder.write_table("exact_quantiles", quant)
-    folder.save_figure(figure(exact, q), "posterior_exact_vs_cavi")
-    reporter.table(f"Exact posterior vs mean-field CAVI ({model!r})", df)
+    folder.save_figure(figure(result), "posterior_exact_vs_cavi")
+    reporter.table(f"Exact posterior vs mean-field CAVI ({result.model!r})", df)
     reporter.table("Exact posterior quantiles", quant)
-    if q.converged:
-        reporter.say(f"CAVI converged in {q.iterations} iterations.")
+    if result.cavi.converged:
+        reporter.say(f"CAVI converged in {result.cavi.iterations} iterations.")
     else:
-        print(f"warning: {cavi_warning(q)}", file=sys.stderr)
+        print(f"warning: {cavi_warning(result.cavi)}", file=sys.stderr)
     return results
 
 
@@ -132,7 +154,7 @@ def main(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     reporter = Reporter(args.json)
     folder = run_folder(args, "exact")
-    results = run(model, folder, reporter, {"command": "exact", **model.config()})
+    results = write(run(model), folder, reporter)
     reporter.say(f"\nRun folder: {folder}")
     reporter.emit_json(results)
     return 0
