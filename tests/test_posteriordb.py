@@ -10,8 +10,8 @@ import numpy as np
 import pyro
 import pytest
 
+from svilab.experiments.posterior_config import PosteriorConfig
 from svilab.experiments.posterior_user import check_user_model, fit_user_guide, laplace_start
-from svilab.guides import guide_spec
 from svilab.inference.draws import flat_draws
 from svilab.inference.mcmc import run_nuts
 from svilab.inference.reference import read_reference, worst_mean_error
@@ -55,16 +55,15 @@ def test_nuts_matches_reference_draws(example):
 @pytest.mark.slow
 @pytest.mark.parametrize("example", list(POSTERIORS))
 def test_guides_are_close_or_warn(example):
-    config = {"init": "laplace", "loss": "trace_elbo", "alpha": None, "seed": 0, "elbo_samples": 4000,
-              "draws": 2000}
     with float64_default():
         um, ref = load(example)
+        config = PosteriorConfig.for_model(um, guides=["lognormal", "mvn"], seed=0, elbo_samples=4000, draws=2000)
         sites = check_user_model(um)
         start = laplace_start(um, sites)
         assert start[1].ok, start[1].message  # every shared posterior has a usable mode
         for name in ("lognormal", "mvn"):
             pyro.clear_param_store()
-            cfg = dict(guide_spec("lognormal").user_schedule, steps=1500)
+            cfg = dict(config.svi[name], steps=1500)
             method, _ = fit_user_guide(um, name, cfg, config, sites, start)
             worst = worst_mean_error(method.compare(ref))
             assert worst < 0.3 or method.warnings, (name, worst)

@@ -48,9 +48,9 @@ def main(args: argparse.Namespace) -> int:
 
     reporter.say("\n== 4. SVI with five guides and NUTS vs the exact posterior ==")
     sub = folder.sub("posterior")
-    cfg = posterior.config_from_args(posterior.default_args("--nuts", "--seed", str(args.seed)), model)
-    sub.write_config(cfg)
-    results["posterior"] = posterior.run(model, sub, reporter, cfg)
+    cfg = posterior.PosteriorConfig.for_model(model, nuts=True, seed=args.seed)
+    sub.write_config(cfg.as_dict())
+    results["posterior"] = posterior.write(posterior.run(model, cfg, reporter), sub, reporter)
     sub.write_results(results["posterior"])
 
     results["seconds"] = time.perf_counter() - t0

@@ -5,13 +5,18 @@ For each guide: fit by SVI, then the ELBO (closed form for ``gamma``, quadrature
 Monte Carlo with its standard error otherwise), KL = log p(x) - ELBO, posterior moments from
 guide draws, an ArviZ InferenceData and ``az.summary``. Writes the comparison table, one
 ``summary_<method>`` table per method, ``inference_data/<method>.nc`` and the figures.
+
+Layers: :class:`~svilab.experiments.posterior_config.PosteriorConfig` (typed, checked) ->
+:func:`run` (fits, NUTS: a :class:`PosteriorResult`) -> the figures -> :func:`write` (tables,
+InferenceData, figures, warnings, the JSON) -> the argparse layer. A ``--model`` goes the same way
+through :mod:`svilab.experiments.posterior_user`.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import time
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -19,23 +24,23 @@ import pyro
 import pyro.distributions as dist
 
 from svilab.experiments.common import Reporter, add_model_args, add_run_args, model_from_args, run_folder
+from svilab.experiments.posterior_config import USER_LR, PosteriorConfig, default_guides, run_methods
 from svilab.experiments.posterior_user import (
-    DEFAULT_GUIDES,
-    USER_LR,
     check_user_model,
     nuts_method,
     parameter_names,
     report_warnings,
     run_user,
+    write_user,
 )
 from svilab.experiments.runs import RunFolder
-from svilab.guides import GUIDE_SPECS, GUIDES, PositiveNormal, guide_name, guide_spec, make_guide
-from svilab.inference.cavi import GammaFactor, cavi
+from svilab.guides import GUIDE_SPECS, GUIDES, PositiveNormal, guide_spec, make_guide
+from svilab.inference.cavi import CAVIResult, GammaFactor, cavi
 from svilab.inference.cavi import elbo as gamma_elbo
 from svilab.inference.diagnostics import convergence_warnings, pareto_k_warnings
 from svilab.inference.exact import ExactPosterior
 from svilab.inference.init import INIT_STRATEGIES
-from svilab.inference.losses import LOSSES, command_loss, command_losses, loss_spec
+from svilab.inference.losses import LOSSES, command_losses, loss_spec
 from svilab.inference.mcmc import run_nuts
 from svilab.inference.reference import read_reference
 from svilab.inference.summaries import (
@@ -46,23 +51,11 @@ from svilab.inference.summaries import (
     summary,
 )
 from svilab.inference.svi import DivergenceError, fit
-from svilab.memory import check_memory
 from svilab.models.poisson_gamma import PoissonGamma
 from svilab.models.user import UserModel, float64_default
-from svilab.validation import choice, positive, positive_int
 
 #: every method's colour in the figures: the guides' own (:class:`svilab.guides.GuideSpec`), NUTS, CAVI
 COLORS = {**{n: s.color for n, s in GUIDE_SPECS.items()}, "nuts": "tab:gray", "cavi": "tab:pink"}
-
-
-def settings(guide: str, steps: int | None, particles: int | None, lr: float | None, user: bool = False) -> dict:
-    """The SVI schedule of ``guide`` (its :class:`~svilab.guides.GuideSpec` schedule, for the
-    Poisson-Gamma model or a user's model), with the options given overriding it."""
-    spec = guide_spec(guide)
-    base = spec.user_schedule if user else spec.schedule
-    return {"steps": base["steps"] if steps is None else positive_int(steps, "--steps"),
-            "particles": base["particles"] if particles is None else positive_int(particles, "--particles"),
-            "lr": base["lr"] if lr is None else positive(lr, "--lr")}
 
 
 def exact_guide_elbo(model: PoissonGamma, guide) -> tuple[float, str] | None:
@@ -177,31 +170,49 @@ def figure_losses(histories: dict[str, np.ndarray], log_evidence: float, loss: s
     return fig
 
 
-def run(model: PoissonGamma, folder: RunFolder, reporter: Reporter, config: dict) -> dict:
-    """Run the comparison described by ``config`` (the keys :func:`main` writes)."""
+@dataclass
+class PosteriorResult:
+    """What :func:`run` computed: every method's row (guides, then NUTS) and loss history, with the
+    exact posterior and CAVI they are compared with."""
+
+    model: PoissonGamma
+    config: PosteriorConfig
+    exact: ExactPosterior
+    cavi: CAVIResult
+    methods: list[MethodResult]
+    histories: dict[str, np.ndarray]
+
+
+def run(model: PoissonGamma, config: PosteriorConfig, reporter: Reporter) -> PosteriorResult:
+    """Fit every guide of ``config`` (and NUTS when asked), one line each."""
     exact = ExactPosterior(model)
-    q = cavi(model)
+    log_evidence = exact.log_evidence
+
+    def fit_one(name, cfg):
+        return fit_guide(model, name, config.loss, config.alpha, cfg, config.seed, config.elbo_samples,
+                         config.draws, config.init)
+
+    def nuts_one():
+        n = config.nuts_settings
+        res = run_nuts(model.model, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"],
+                       num_chains=n["num_chains"], seed=config.seed, init=config.init or "uniform")
+        return nuts_method(res)
+
+    methods, histories = run_methods(
+        config, fit_one, nuts_one, reporter,
+        lambda name, cfg, m: (f"fitted {name:9s} in {m.seconds:5.2f} s ({cfg['steps']} steps x {cfg['particles']} "
+                              f"particles): ELBO {m.elbo:.5f} ({m.elbo_method}), KL {log_evidence - m.elbo:.5f}"),
+        lambda m: (f"NUTS: {config.nuts_settings['num_chains']} chains x {config.nuts_settings['num_samples']} "
+                   f"draws in {m.seconds:.1f} s"))
+    return PosteriorResult(model, config, exact, cavi(model), methods, histories)
+
+
+def write(result: PosteriorResult, folder: RunFolder, reporter: Reporter) -> dict:
+    """The comparison table, summaries, InferenceData, figures and warnings; returns the JSON."""
+    model, config, exact, q, methods = result.model, result.config, result.exact, result.cavi, result.methods
     log_evidence = exact.log_evidence
     reference = {k: (exact.mean[k], exact.sd[k]) for k in ("u", "v")}
-    methods: list[MethodResult] = []
-    histories = {}
     (folder.path / "inference_data").mkdir(exist_ok=True)
-    for name in config["guides"]:
-        cfg = config["svi"][name]
-        method, history = fit_guide(model, name, config["loss"], config["alpha"], cfg, config["seed"],
-                                    config["elbo_samples"], config["draws"], config.get("init"))
-        methods.append(method)
-        histories[name] = history
-        reporter.say(f"fitted {name:9s} in {method.seconds:5.2f} s ({cfg['steps']} steps x {cfg['particles']} "
-                     f"particles): ELBO {method.elbo:.5f} ({method.elbo_method}), "
-                     f"KL {log_evidence - method.elbo:.5f}")
-    if config["nuts"]:
-        n = config["nuts_settings"]
-        res = run_nuts(model.model, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"],
-                       num_chains=n["num_chains"], seed=config["seed"], init=config.get("init") or "uniform")
-        methods.append(nuts_method(res))
-        reporter.say(f"NUTS: {n['num_chains']} chains x {n['num_samples']} draws in {res.seconds:.1f} s")
-
     exact_row = MethodResult("exact", elbo=log_evidence, elbo_se=0.0, elbo_method="quadrature (log p(x))",
                              moments=reference, corr=exact.corr)
     cavi_row = MethodResult("cavi", elbo=q.elbo, elbo_se=0.0, elbo_method="closed form",
@@ -209,7 +220,7 @@ def run(model: PoissonGamma, folder: RunFolder, reporter: Reporter, config: dict
     table = comparison_table([exact_row, cavi_row, *methods], reference, log_evidence, ("u", "v"))
     table.insert(2, "ELBO method", [m.elbo_method for m in (exact_row, cavi_row, *methods)])
     folder.write_table("comparison", table)
-    reporter.table(f"Posterior approximations vs the exact posterior ({model!r}, loss {config['loss']})",
+    reporter.table(f"Posterior approximations vs the exact posterior ({model!r}, loss {config.loss})",
                    table.drop(columns=[c for c in table.columns if c.startswith("sd(") and "error" in c]))
     for m in methods:
         s = summary(m.idata, ["u", "v"])
@@ -219,9 +230,9 @@ def run(model: PoissonGamma, folder: RunFolder, reporter: Reporter, config: dict
             reporter.table("az.summary of NUTS", s)
     folder.save_figure(figure_joint(exact, methods), "posterior_joint")
     folder.save_figure(figure_marginals(exact, methods), "posterior_marginals")
-    if histories:
-        folder.save_figure(figure_losses(histories, log_evidence, config["loss"]), "svi_loss")
-    if config["nuts"]:
+    if result.histories:
+        folder.save_figure(figure_losses(result.histories, log_evidence, config.loss), "svi_loss")
+    if config.nuts:
         import arviz as az
 
         axes = az.plot_trace(methods[-1].idata, var_names=["u", "v"])
@@ -250,7 +261,7 @@ def register(sub) -> None:
     g = p.add_argument_group("inference")
     g.add_argument("--guides", nargs="+", default=None, metavar="NAME",
                    help=f"guides to fit, from: {', '.join(GUIDES)} (default: all for the Poisson-Gamma model; "
-                        f"{' '.join(DEFAULT_GUIDES)} for --model)")
+                        f"{' '.join(default_guides(True))} for --model)")
     g.add_argument("--init", default=None, metavar="NAME",
                    help=f"initial values, from: laplace, {', '.join(INIT_STRATEGIES)}. laplace (the default for "
                         "--model): guides start at the Laplace approximation (L-BFGS mode and Hessian on the "
@@ -294,49 +305,13 @@ def _schedules(key: str) -> str:
     return text
 
 
-def default_args(*argv: str) -> argparse.Namespace:
-    """The command's options with their defaults (plus ``argv``), e.g. for :mod:`svilab.experiments.demo`."""
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    return parser.parse_args(["posterior", *argv])
-
-
-def config_from_args(args: argparse.Namespace, model) -> dict:
-    user = isinstance(model, UserModel)
-    guides = [guide_name(g) for g in (args.guides or (DEFAULT_GUIDES if user else list(GUIDES)))]
-    if len(set(guides)) != len(guides):
-        raise ValueError(f"--guides: {', '.join(g for g in guides if guides.count(g) > 1)} given twice")
-    loss = command_loss(args.loss, "posterior").name
-    if loss == "renyi":
-        if min(settings(g, args.steps, args.particles, args.lr, user)["particles"] for g in guides) < 2:
-            raise ValueError("--loss renyi needs --particles >= 2")
-        if args.alpha is not None and not (math.isfinite(args.alpha) and args.alpha != 1):
-            raise ValueError(f"--alpha must be a finite number other than 1 for --loss renyi, got {args.alpha}")
-    elif args.alpha is not None:
-        raise ValueError(f"--alpha applies to --loss renyi only, not to {loss}")
-    init = args.init
-    if init is not None:
-        init = choice(init, ["laplace", *INIT_STRATEGIES], "--init")
-        if init == "laplace" and not user:
-            raise ValueError("--init laplace needs --model (the Poisson-Gamma guides have their own starts)")
-    if args.reference is not None and not user:
-        raise ValueError("--reference needs --model (the Poisson-Gamma model is compared with its exact posterior)")
-    check_memory(6 * 8 * args.elbo_samples, f"--elbo-samples {args.elbo_samples}")
-    if user:
-        extra = {"reference": args.reference, "max_error": positive(args.max_error, "--max-error"),
-                 "init": init or "laplace"}
-    else:
-        extra = {"init": init}
-    return {"command": "posterior", "guides": guides, "loss": loss, "alpha": args.alpha, "seed": args.seed,
-            **extra,
-            "svi": {g: settings(g, args.steps, args.particles, args.lr, user) for g in guides},
-            "draws": positive_int(args.draws, "--draws"),
-            "elbo_samples": positive_int(args.elbo_samples, "--elbo-samples", minimum=2),  # an SE needs 2
-            "nuts": bool(args.nuts),
-            "nuts_settings": {"num_samples": positive_int(args.nuts_samples, "--nuts-samples", minimum=4),  # R-hat
-                              "warmup_steps": positive_int(args.nuts_warmup, "--nuts-warmup", minimum=0),
-                              "num_chains": positive_int(args.chains, "--chains")},
-            **model.config()}
+def config_from_args(args: argparse.Namespace, model) -> PosteriorConfig:
+    """The typed configuration of the command line (see :meth:`PosteriorConfig.for_model`)."""
+    return PosteriorConfig.for_model(
+        model, guides=args.guides, loss=args.loss, alpha=args.alpha, seed=args.seed, init=args.init,
+        steps=args.steps, particles=args.particles, lr=args.lr, draws=args.draws, elbo_samples=args.elbo_samples,
+        nuts=args.nuts, nuts_samples=args.nuts_samples, nuts_warmup=args.nuts_warmup, chains=args.chains,
+        reference=args.reference, max_error=args.max_error)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -350,12 +325,14 @@ def main(args: argparse.Namespace) -> int:
             if reference is not None:
                 reference.check_names(parameter_names(sites), f"reference file {args.reference}")
     folder = run_folder(args, "posterior")
-    folder.write_config(config)
+    folder.write_config(config.as_dict())
     t0 = time.perf_counter()
     if isinstance(model, UserModel):
-        results = run_user(model, folder, reporter, config, reference=reference, sites=sites)
+        with float64_default():
+            results = write_user(run_user(model, config, reporter, reference=reference, sites=sites), folder,
+                                 reporter)
     else:
-        results = run(model, folder, reporter, config)
+        results = write(run(model, config, reporter), folder, reporter)
     results["seconds"] = time.perf_counter() - t0
     folder.write_results(results)
     reporter.say(f"\nRun folder: {folder}")
@@ -363,4 +340,4 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["LOSSES", "fit_guide", "register", "run"]
+__all__ = ["LOSSES", "PosteriorConfig", "PosteriorResult", "fit_guide", "register", "run", "write"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -21,8 +22,9 @@ import pyro
 import torch
 
 from svilab.experiments.common import Reporter
+from svilab.experiments.posterior_config import USER_LR, PosteriorConfig, run_methods
 from svilab.experiments.runs import RunFolder
-from svilab.guides import GUIDE_SPECS, guide_spec, make_guide
+from svilab.guides import guide_spec, make_guide
 from svilab.inference.diagnostics import (
     convergence_warnings,
     mcmc_warnings,
@@ -45,13 +47,6 @@ from svilab.inference.summaries import (
 )
 from svilab.inference.svi import DivergenceError, fit
 from svilab.models.user import UserModel, float64_default
-
-#: guides fitted by default to a user's model (the hand-written positive guides need positive sites)
-DEFAULT_GUIDES = [n for n, s in GUIDE_SPECS.items() if s.any_model]
-#: initial learning rate when none is given: small after a Laplace start (the guide starts near the
-#: posterior and Adam's steps of ~lr per coordinate must stay below the posterior sds), larger from
-#: a random start (the guide must travel)
-USER_LR = {"laplace": 0.01, "other": 0.05}
 
 
 def parameter_names(sites) -> set[str]:
@@ -80,15 +75,15 @@ def laplace_start(um: UserModel, sites, reporter: Reporter | None = None):
     return target, approx
 
 
-def fit_user_guide(um: UserModel, name: str, cfg: dict, config: dict, sites, start=None
+def fit_user_guide(um: UserModel, name: str, cfg: dict, config: PosteriorConfig, sites, start=None
                    ) -> tuple[MethodResult, np.ndarray]:
     """Fit one guide to the user's model and evaluate it (ELBO, Pareto k, draws, warnings).
 
-    ``start``: ``(target, LaplaceApproximation)`` from :func:`laplace_start` when ``config["init"]`` is
+    ``start``: ``(target, LaplaceApproximation)`` from :func:`laplace_start` when ``config.init`` is
     ``laplace``; guides whose :class:`~svilab.guides.GuideSpec` has ``laplace`` start there when it is usable."""
     pyro.clear_param_store()
-    use_laplace = config["init"] == "laplace" and start is not None and start[1].ok and guide_spec(name).laplace
-    guide = make_guide(name, um.model, init="uniform" if config["init"] == "laplace" else config["init"])
+    use_laplace = config.init == "laplace" and start is not None and start[1].ok and guide_spec(name).laplace
+    guide = make_guide(name, um.model, init="uniform" if config.init == "laplace" else config.init)
     if use_laplace:
         from svilab.inference.laplace import start_guide_at
 
@@ -96,38 +91,38 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: dict, sites, sta
             guide()
         start_guide_at(guide, start[1], start[0])
     lr = cfg["lr"] if cfg["lr"] is not None else USER_LR["laplace" if use_laplace else "other"]
-    jit = guide_spec(name).jit and loss_spec(config["loss"]).jit
+    jit = guide_spec(name).jit and loss_spec(config.loss).jit
     warns = []
     try:
-        result = fit(um.model, guide, loss=config["loss"], alpha=config["alpha"], steps=cfg["steps"],
+        result = fit(um.model, guide, loss=config.loss, alpha=config.alpha, steps=cfg["steps"],
                      num_particles=cfg["particles"], lr=lr, lr_final=lr / 40, jit=jit,
-                     max_plate_nesting=sites.max_plate_nesting, seed=config["seed"], description=f"SVI {name}")
+                     max_plate_nesting=sites.max_plate_nesting, seed=config.seed, description=f"SVI {name}")
         history, seconds, steps_done = result.history, result.seconds, result.steps_done
         warns += convergence_warnings(history, steps_done)
     except DivergenceError as exc:
         r = exc.result
         history, seconds, steps_done = r.history, r.seconds, r.steps_done
         warns.append(f"diverged: {exc}; results are from the last finite parameters")
-    elbo = elbo_estimate(um.model, guide, num_samples=config["elbo_samples"], seed=config["seed"] + 1)
+    elbo = elbo_estimate(um.model, guide, num_samples=config.elbo_samples, seed=config.seed + 1)
     warns = pareto_k_warnings(elbo.pareto_k) + warns
-    draws = guide_draws(um.model, guide, num_samples=config["draws"], seed=config["seed"] + 2, sites=sites)
+    draws = guide_draws(um.model, guide, num_samples=config.draws, seed=config.seed + 2, sites=sites)
     idata = guide_inference_data(um.model, guide, draws=draws)
     method = MethodResult(name, idata, elbo=elbo.value, elbo_se=elbo.se,
                           elbo_method=f"Monte Carlo (n={elbo.num_samples})", seconds=seconds,
                           pareto_k=elbo.pareto_k, warnings=warns,
                           extra={"steps": steps_done, "particles": cfg["particles"], "lr": lr,
                                  "start": "laplace" if use_laplace else
-                                 ("uniform" if config["init"] == "laplace" else config["init"]),
+                                 ("uniform" if config.init == "laplace" else config.init),
                                  "final_loss": float(np.mean(history[-max(1, len(history) // 10):]))
                                  if len(history) else None})
     return method, history
 
 
-def run_user_nuts(um: UserModel, config: dict, sites) -> MethodResult:
-    n = config["nuts_settings"]
-    init = "uniform" if config["init"] == "laplace" else config["init"]  # NUTS adapts from Stan's init
+def run_user_nuts(um: UserModel, config: PosteriorConfig, sites) -> MethodResult:
+    n = config.nuts_settings
+    init = "uniform" if config.init == "laplace" else config.init  # NUTS adapts from Stan's init
     res = run_nuts(um.model, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"], num_chains=n["num_chains"],
-                   seed=config["seed"], init=init, max_plate_nesting=sites.max_plate_nesting)
+                   seed=config.seed, init=init, max_plate_nesting=sites.max_plate_nesting)
     return nuts_method(res)
 
 
@@ -227,45 +222,56 @@ def check_user_model(um: UserModel):
     return sites
 
 
-def run_user(um: UserModel, folder: RunFolder, reporter: Reporter, config: dict, reference: Reference | None = None,
-             sites=None) -> dict:
-    """Fit every guide (and NUTS) to the user's model; compare with ``reference`` if given."""
+@dataclass
+class UserPosteriorResult:
+    """What :func:`run_user` computed for a user's model: every method's row and loss history, the
+    model's sites and parameter names, and the reference draws when given."""
+
+    model: UserModel
+    config: PosteriorConfig
+    sites: object
+    names: list[str]
+    reference: Reference | None
+    methods: list[MethodResult]
+    histories: dict[str, np.ndarray]
+
+
+def run_user(um: UserModel, config: PosteriorConfig, reporter: Reporter, reference: Reference | None = None,
+             sites=None) -> UserPosteriorResult:
+    """Fit every guide (and NUTS) to the user's model; the reference's warnings added when given.
+    Runs with float64 as torch's default dtype (as every user model here)."""
     with float64_default():
-        return _run_user(um, folder, reporter, config, reference, sites)
+        sites = sites or check_user_model(um)
+        if reference is None and config.reference:
+            reference = read_reference(config.reference)
+        names = sorted(parameter_names(sites))
+        if reference is not None:
+            reference.check_names(set(names), f"reference file {config.reference}")
+        reporter.say(f"Model {um.path}:{um.func}: latent sites "
+                     + ", ".join(f"{k}{list(s.shape) if s.shape else ''}" for k, s in sites.latent.items())
+                     + (f"; deterministic {', '.join(sites.deterministic)}" if sites.deterministic else "")
+                     + f"; observed {', '.join(sites.observed) or 'none'}")
+        start = laplace_start(um, sites, reporter) if config.init == "laplace" and config.guides else None
+        n = config.nuts_settings
+        methods, histories = run_methods(
+            config, lambda name, cfg: fit_user_guide(um, name, cfg, config, sites, start),
+            lambda: run_user_nuts(um, config, sites), reporter,
+            lambda name, cfg, m: (f"fitted {name:9s} in {m.seconds:6.2f} s ({m.extra['steps']} steps x "
+                                  f"{cfg['particles']} particles, lr {m.extra['lr']:g}, start {m.extra['start']}): "
+                                  f"ELBO {m.elbo:.4f} +- {m.elbo_se:.4f}, Pareto k {m.pareto_k:.2f}"),
+            lambda m: (f"NUTS: {n['num_chains']} chains x {n['num_samples']} draws in {m.seconds:.1f} s, "
+                       f"{m.extra['divergences']} divergences, max R-hat {m.extra['max_r_hat']:.3f}"))
+        if reference is not None:
+            for m in methods:
+                m.warnings += reference_warnings(m.compare(reference), config.max_error)
+    return UserPosteriorResult(um, config, sites, names, reference, methods, histories)
 
 
-def _run_user(um: UserModel, folder: RunFolder, reporter: Reporter, config: dict, reference: Reference | None,
-              sites) -> dict:
-    sites = sites or check_user_model(um)
-    if reference is None and config.get("reference"):
-        reference = read_reference(config["reference"])
-    names = sorted(parameter_names(sites))
-    if reference is not None:
-        reference.check_names(set(names), f"reference file {config['reference']}")
-    reporter.say(f"Model {um.path}:{um.func}: latent sites "
-                 + ", ".join(f"{k}{list(s.shape) if s.shape else ''}" for k, s in sites.latent.items())
-                 + (f"; deterministic {', '.join(sites.deterministic)}" if sites.deterministic else "")
-                 + f"; observed {', '.join(sites.observed) or 'none'}")
-    methods, histories = [], {}
+def write_user(result: UserPosteriorResult, folder: RunFolder, reporter: Reporter) -> dict:
+    """The comparison and per-parameter tables, summaries, InferenceData, figures and warnings of a
+    user's model; returns the JSON."""
+    um, config, reference, methods, names = result.model, result.config, result.reference, result.methods, result.names
     (folder.path / "inference_data").mkdir(exist_ok=True)
-    start = laplace_start(um, sites, reporter) if config["init"] == "laplace" and config["guides"] else None
-    for name in config["guides"]:
-        cfg = config["svi"][name]
-        method, history = fit_user_guide(um, name, cfg, config, sites, start)
-        methods.append(method)
-        histories[name] = history
-        reporter.say(f"fitted {name:9s} in {method.seconds:6.2f} s ({method.extra['steps']} steps x "
-                     f"{cfg['particles']} particles, lr {method.extra['lr']:g}, start {method.extra['start']}): "
-                     f"ELBO {method.elbo:.4f} +- {method.elbo_se:.4f}, Pareto k {method.pareto_k:.2f}")
-    if config["nuts"]:
-        n = config["nuts_settings"]
-        nuts = run_user_nuts(um, config, sites)
-        methods.append(nuts)
-        reporter.say(f"NUTS: {n['num_chains']} chains x {n['num_samples']} draws in {nuts.seconds:.1f} s, "
-                     f"{nuts.extra['divergences']} divergences, max R-hat {nuts.extra['max_r_hat']:.3f}")
-    if reference is not None:
-        for m in methods:
-            m.warnings += reference_warnings(m.compare(reference), config["max_error"])
     table = comparison_table(methods, reference, per_parameter=len(names) <= 4)
     if "warnings" not in table:
         table["warnings"] = ""
@@ -285,16 +291,16 @@ def _run_user(um: UserModel, folder: RunFolder, reporter: Reporter, config: dict
     shown = [n for n in names if reference is None or n in reference.mean] or names
     folder.save_figure(figure_marginals(methods, reference.draws if reference is not None else None, shown),
                        "posterior_marginals")
-    if histories:
-        folder.save_figure(figure_losses(histories, config["loss"]), "svi_loss")
-    if config["nuts"]:
+    if result.histories:
+        folder.save_figure(figure_losses(result.histories, config.loss), "svi_loss")
+    if config.nuts:
         import arviz as az
 
-        axes = az.plot_trace(methods[-1].idata, var_names=list(sites.latent)[:6], compact=True)
+        axes = az.plot_trace(methods[-1].idata, var_names=list(result.sites.latent)[:6], compact=True)
         folder.save_figure(axes.ravel()[0].figure, "nuts_trace")
-    return {"model": f"{um.path}:{um.func}", "reference": config["reference"],
+    return {"model": f"{um.path}:{um.func}", "reference": config.reference,
             "methods": [method_json(m, reference) for m in methods]}
 
 
-__all__ = ["DEFAULT_GUIDES", "USER_LR", "check_user_model", "laplace_start",
-           "nuts_method", "parameter_names", "report_warnings", "run_user"]
+__all__ = ["UserPosteriorResult", "check_user_model", "laplace_start", "nuts_method", "parameter_names",
+           "report_warnings", "run_user", "write_user"]

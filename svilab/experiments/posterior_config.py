@@ -1,0 +1,137 @@
+"""The typed configuration of ``svilab posterior`` (both models), checked on construction.
+
+:meth:`PosteriorConfig.for_model` fills in every default from the guide and loss registries
+(:data:`svilab.guides.GUIDE_SPECS`, :data:`svilab.inference.losses.LOSS_SPECS`) and raises a
+ValueError naming the option for anything meaningless; :meth:`PosteriorConfig.as_dict` is what the
+run folder's ``config.json`` holds. ``svilab demo`` and the tests build configs with it directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from svilab.guides import GUIDE_SPECS, guide_name, guide_spec
+from svilab.inference.init import INIT_STRATEGIES
+from svilab.inference.losses import command_loss
+from svilab.memory import check_memory
+from svilab.validation import choice, positive, positive_int
+
+#: initial learning rate on a user's model when none is given: small after a Laplace start (the
+#: guide starts near the posterior and Adam's steps of ~lr per coordinate must stay below the
+#: posterior sds), larger from a random start (the guide must travel)
+USER_LR = {"laplace": 0.01, "other": 0.05}
+
+
+def default_guides(user: bool) -> list[str]:
+    """Every guide for the Poisson-Gamma model; those that work on any model for a user's."""
+    return [n for n, s in GUIDE_SPECS.items() if s.any_model or not user]
+
+
+def settings(guide: str, steps: int | None, particles: int | None, lr: float | None, user: bool = False) -> dict:
+    """The SVI schedule of ``guide`` (its :class:`~svilab.guides.GuideSpec` schedule, for the
+    Poisson-Gamma model or a user's model), with the options given overriding it."""
+    spec = guide_spec(guide)
+    base = spec.user_schedule if user else spec.schedule
+    return {"steps": base["steps"] if steps is None else positive_int(steps, "--steps"),
+            "particles": base["particles"] if particles is None else positive_int(particles, "--particles"),
+            "lr": base["lr"] if lr is None else positive(lr, "--lr")}
+
+
+@dataclass(frozen=True)
+class PosteriorConfig:
+    """One ``svilab posterior`` run.
+
+    :ivar guides: guides to fit, in order.
+    :ivar svi: per guide its schedule ``{"steps", "particles", "lr"}`` (``lr`` None on a user's model:
+        :data:`USER_LR` by the start).
+    :ivar init: the start (``laplace`` or an init strategy; None: each Poisson-Gamma guide's own).
+    :ivar nuts_settings: ``num_samples``, ``warmup_steps``, ``num_chains``.
+    :ivar model: the model's own configuration (``model.config()``); ``user`` when it is a ``--model``.
+    """
+
+    guides: tuple[str, ...]
+    svi: dict
+    loss: str = "trace_elbo"
+    alpha: float | None = None
+    seed: int = 0
+    init: str | None = None
+    draws: int = 4000
+    elbo_samples: int = 100_000
+    nuts: bool = False
+    nuts_settings: dict = field(default_factory=lambda: {"num_samples": 500, "warmup_steps": 300, "num_chains": 4})
+    reference: str | None = None
+    max_error: float = 0.5
+    user: bool = False
+    model: dict = field(default_factory=dict)
+
+    @classmethod
+    def for_model(cls, model, *, guides=None, loss: str = "trace_elbo", alpha: float | None = None, seed: int = 0,
+                  init: str | None = None, steps: int | None = None, particles: int | None = None,
+                  lr: float | None = None, draws: int = 4000, elbo_samples: int = 100_000, nuts: bool = False,
+                  nuts_samples: int = 500, nuts_warmup: int = 300, chains: int = 4, reference: str | None = None,
+                  max_error: float = 0.5) -> PosteriorConfig:
+        """The configuration for ``model`` (a ``PoissonGamma`` or a ``UserModel``) with these options,
+        every default filled in and every option checked (the messages name the command-line option)."""
+        from svilab.models.user import UserModel
+
+        user = isinstance(model, UserModel)
+        names = [guide_name(g) for g in (guides or default_guides(user))]
+        if len(set(names)) != len(names):
+            raise ValueError(f"--guides: {', '.join(g for g in names if names.count(g) > 1)} given twice")
+        loss = command_loss(loss, "posterior").name
+        if loss == "renyi":
+            if min(settings(g, steps, particles, lr, user)["particles"] for g in names) < 2:
+                raise ValueError("--loss renyi needs --particles >= 2")
+            if alpha is not None and not (math.isfinite(alpha) and alpha != 1):
+                raise ValueError(f"--alpha must be a finite number other than 1 for --loss renyi, got {alpha}")
+        elif alpha is not None:
+            raise ValueError(f"--alpha applies to --loss renyi only, not to {loss}")
+        if init is not None:
+            init = choice(init, ["laplace", *INIT_STRATEGIES], "--init")
+            if init == "laplace" and not user:
+                raise ValueError("--init laplace needs --model (the Poisson-Gamma guides have their own starts)")
+        if reference is not None and not user:
+            raise ValueError("--reference needs --model (the Poisson-Gamma model is compared with its exact posterior)")
+        check_memory(6 * 8 * elbo_samples, f"--elbo-samples {elbo_samples}")
+        return cls(
+            guides=tuple(names), svi={g: settings(g, steps, particles, lr, user) for g in names}, loss=loss,
+            alpha=alpha, seed=seed, init=(init or "laplace") if user else init,
+            draws=positive_int(draws, "--draws"),
+            elbo_samples=positive_int(elbo_samples, "--elbo-samples", minimum=2),   # an SE needs 2
+            nuts=bool(nuts),
+            nuts_settings={"num_samples": positive_int(nuts_samples, "--nuts-samples", minimum=4),   # R-hat
+                           "warmup_steps": positive_int(nuts_warmup, "--nuts-warmup", minimum=0),
+                           "num_chains": positive_int(chains, "--chains")},
+            reference=reference, max_error=positive(max_error, "--max-error"), user=user, model=model.config())
+
+    def as_dict(self) -> dict:
+        """``config.json``: the command, every setting and the model's configuration."""
+        extra = {"reference": self.reference, "max_error": self.max_error, "init": self.init} if self.user \
+            else {"init": self.init}
+        return {"command": "posterior", "guides": list(self.guides), "loss": self.loss, "alpha": self.alpha,
+                "seed": self.seed, **extra, "svi": self.svi, "draws": self.draws, "elbo_samples": self.elbo_samples,
+                "nuts": self.nuts, "nuts_settings": self.nuts_settings, **self.model}
+
+
+
+def run_methods(config: PosteriorConfig, fit_one, nuts_one, reporter, describe_fit, describe_nuts):
+    """The loop both models share: fit every guide of ``config`` (``fit_one(name, schedule) ->
+    (MethodResult, loss history)``), then NUTS when asked (``nuts_one() -> MethodResult``), one line
+    each (``describe_fit(name, schedule, method)``, ``describe_nuts(method)``). Returns the methods and
+    the loss histories by guide."""
+    methods, histories = [], {}
+    for name in config.guides:
+        cfg = config.svi[name]
+        method, history = fit_one(name, cfg)
+        methods.append(method)
+        histories[name] = history
+        reporter.say(describe_fit(name, cfg, method))
+    if config.nuts:
+        method = nuts_one()
+        methods.append(method)
+        reporter.say(describe_nuts(method))
+    return methods, histories
+
+
+__all__ = ["USER_LR", "PosteriorConfig", "default_guides", "run_methods", "settings"]
