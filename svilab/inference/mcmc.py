@@ -1,10 +1,11 @@
 """NUTS for any Pyro model, through :class:`pyro.infer.MCMC`, with several chains.
 
-:func:`run_nuts` returns the ``MCMC`` object (``get_samples``, ``diagnostics``, and
-``arviz.from_pyro``) and the wall time. Chains run one after another in this process by default
-(``chain_method="sequential"``: reproducible from the seed, no worker processes);
-``chain_method="parallel"`` leaves Pyro's default, one process per chain when the machine has
-enough cores.
+:func:`run_nuts` returns the run (``get_samples``, ``diagnostics``) and the wall time. Chains run
+one after another in this process by default (``chain_method="sequential"``: one
+``MCMC(num_chains=1)`` per chain on the same kernel, so reproducible from the seed and with no
+worker processes whatever the core count; :class:`SequentialChains` stacks them the way
+``MCMC`` does). ``chain_method="parallel"`` is Pyro's own ``MCMC(num_chains=...)``: one process per
+chain when the machine has enough cores, in sequence otherwise.
 """
 
 from __future__ import annotations
@@ -16,18 +17,45 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyro
+import torch
 from pyro.infer import MCMC, NUTS
+from pyro.infer.mcmc.util import diagnostics as mcmc_diagnostics
 
 from svilab.inference.init import make_init
 from svilab.inference.sites import model_sites
 from svilab.validation import choice, positive_int
 
 
+class SequentialChains:
+    """Chains run one after another, each its own :class:`pyro.infer.MCMC` with ``num_chains=1``,
+    seen as one multi-chain run: ``get_samples`` and ``diagnostics`` as ``MCMC`` gives them
+    (R-hat and ESS over the chains, divergences keyed ``"chain i"``)."""
+
+    def __init__(self, runs: list[MCMC], args: tuple = (), kwargs: dict | None = None) -> None:
+        self.runs = runs
+        self.kernel = runs[0].kernel
+        self.num_chains = len(runs)
+        self.args, self.kwargs = args, dict(kwargs or {})      # the model's arguments
+
+    def get_samples(self, num_samples=None, group_by_chain: bool = False) -> dict:
+        per_chain = [r.get_samples(num_samples, group_by_chain=True) for r in self.runs]   # (1, draws, ...)
+        stacked = {k: torch.cat([c[k] for c in per_chain], 0) for k in per_chain[0]}
+        return stacked if group_by_chain else {k: v.reshape((-1,) + tuple(v.shape[2:])) for k, v in stacked.items()}
+
+    def diagnostics(self) -> dict:
+        diag = mcmc_diagnostics(self.get_samples(group_by_chain=True))
+        for i, r in enumerate(self.runs):
+            for name, per in r.diagnostics().items():
+                if isinstance(per, dict) and "chain 0" in per:       # per-chain statistics (divergences, ...)
+                    diag.setdefault(name, {})[f"chain {i}"] = per["chain 0"]
+        return diag
+
+
 @dataclass
 class NUTSResult:
     """The finished :class:`pyro.infer.MCMC` run, its wall time, settings, and the model's arguments."""
 
-    mcmc: MCMC
+    mcmc: MCMC | SequentialChains
     seconds: float
     config: dict
     args: tuple = ()
@@ -68,20 +96,17 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
     kernel = NUTS(model, target_accept_prob=target_accept_prob, jit_compile=jit_compile,
                   ignore_jit_warnings=True, full_mass=full_mass, init_strategy=init_strategy,
                   max_plate_nesting=max_plate_nesting)
+    chains = num_chains if chain_method == "parallel" else 1
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Chains will be drawn sequentially")
-        mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
-                    disable_progbar=not progress)
-    if chain_method == "sequential" and num_chains > 1:
-        from pyro.infer.mcmc.api import _MultiSampler, _UnarySampler
-
-        if isinstance(mcmc.sampler, _MultiSampler):  # Pyro picks processes when cores allow
-            mcmc.sampler = _UnarySampler(kernel, num_samples, warmup_steps, num_chains,
-                                         not progress, initial_params=None, hook=None)
+        runs = [MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=chains,
+                     disable_progbar=not progress) for _ in range(num_chains // chains)]
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.trace.*is deprecated")
-        mcmc.run(*args, **kwargs)
+        for run in runs:
+            run.run(*args, **kwargs)
+    mcmc = runs[0] if len(runs) == 1 else SequentialChains(runs, args, kwargs)
     return NUTSResult(mcmc, time.perf_counter() - t0,
                       {"num_samples": num_samples, "warmup_steps": warmup_steps, "num_chains": num_chains,
                        "seed": seed, "target_accept_prob": target_accept_prob, "chain_method": chain_method,

@@ -98,7 +98,10 @@ def mcmc_inference_data(run, *args, **kwargs) -> az.InferenceData:
     mcmc = getattr(run, "mcmc", run)
     model = mcmc.kernel.model
     if not args and not kwargs:
-        args, kwargs = getattr(run, "args", None) or mcmc._args, getattr(run, "kwargs", None) or mcmc._kwargs
+        if hasattr(run, "mcmc") or hasattr(run, "runs"):     # NUTSResult, SequentialChains keep the arguments
+            args, kwargs = run.args, run.kwargs
+        else:                                                # a plain pyro.infer.MCMC keeps them itself
+            args, kwargs = mcmc._args, mcmc._kwargs
     sites = model_sites(model, *args, **kwargs)
     samples = mcmc.get_samples(group_by_chain=True)
     chains, ndraws = next(iter(samples.values())).shape[:2]
