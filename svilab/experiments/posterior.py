@@ -18,13 +18,13 @@ import argparse
 import time
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pyro
 import pyro.distributions as dist
 
 from svilab.experiments.common import Reporter, add_model_args, add_run_args, model_from_args, run_folder
 from svilab.experiments.posterior_config import USER_LR, PosteriorConfig, default_guides, run_methods
+from svilab.experiments.posterior_figures import figure_joint, figure_losses, figure_marginals_exact
 from svilab.experiments.posterior_user import (
     check_user_model,
     nuts_method,
@@ -53,9 +53,6 @@ from svilab.inference.summaries import (
 from svilab.inference.svi import DivergenceError, fit
 from svilab.models.poisson_gamma import PoissonGamma
 from svilab.models.user import UserModel, float64_default
-
-#: every method's colour in the figures: the guides' own (:class:`svilab.guides.GuideSpec`), NUTS, CAVI
-COLORS = {**{n: s.color for n, s in GUIDE_SPECS.items()}, "nuts": "tab:gray", "cavi": "tab:pink"}
 
 
 def exact_guide_elbo(model: PoissonGamma, guide) -> tuple[float, str] | None:
@@ -105,69 +102,6 @@ def fit_guide(model: PoissonGamma, name: str, loss: str, alpha: float | None, cf
     else:
         method.elbo, method.elbo_se, method.elbo_method = mc.value, mc.se, f"Monte Carlo (n={n_elbo})"
     return method, result.history
-
-
-def figure_joint(exact: ExactPosterior, methods: list[MethodResult], n_points: int = 1500, n_grid: int = 200):
-    """Exact posterior contours with each method's draws overlaid, one panel per method."""
-    box = exact.grid_box(1e-4)
-    ug, vg = np.linspace(*box["u"], n_grid), np.linspace(*box["v"], n_grid)
-    U, V = np.meshgrid(ug, vg)
-    log_p = exact.log_density(U, V)
-    levels = log_p.max() + np.log([0.01, 0.05, 0.2, 0.5, 0.8])
-    cols = min(3, len(methods))
-    rows = int(np.ceil(len(methods) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.0 * rows), squeeze=False, sharex=True, sharey=True)
-    for ax, m in zip(axes.flat, methods, strict=False):
-        draws = m.flat_draws()
-        ax.scatter(draws["u"][:n_points], draws["v"][:n_points], s=3, alpha=0.35, color=COLORS.get(m.name, "k"))
-        ax.contour(U, V, log_p, levels=levels, colors="navy", linewidths=0.9, linestyles="solid", zorder=3)
-        kl = "" if m.elbo is None else f", KL = {exact.log_evidence - m.elbo:.4f}"
-        ax.set_title(f"{m.name}{kl}", fontsize=10)
-        ax.set_xlim(*box["u"])
-        ax.set_ylim(*box["v"])
-        ax.set_xlabel("u")
-        ax.set_ylabel("v")
-    for ax in list(axes.flat)[len(methods):]:
-        ax.axis("off")
-    fig.suptitle("Exact posterior p(u, v | x) (contours at 1, 5, 20, 50, 80% of the peak) and draws of each method")
-    fig.tight_layout()
-    return fig
-
-
-def figure_marginals(exact: ExactPosterior, methods: list[MethodResult]):
-    """Marginal densities of u and v: exact (quadrature) vs each method (ArviZ KDE of the draws)."""
-    import arviz as az
-
-    box = exact.grid_box(1e-4)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
-    for ax, name in zip(axes, ("u", "v"), strict=True):
-        grid = np.linspace(*box[name], 400)
-        ax.plot(grid, exact.pdf(name, grid), color="navy", lw=2.5, label="exact")
-        for m in methods:
-            az.plot_kde(m.flat_draws()[name], ax=ax, plot_kwargs={"color": COLORS.get(m.name, "k"), "linewidth": 1.3},
-                        label=m.name)
-        ax.set_xlabel(name)
-        ax.set_ylabel("density")
-        ax.set_title(f"Posterior marginal of {name}")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def figure_losses(histories: dict[str, np.ndarray], log_evidence: float, loss: str):
-    fig, ax = plt.subplots(figsize=(7.5, 4.3))
-    for name, h in histories.items():
-        k = max(1, len(h) // 50)
-        smooth = np.convolve(h, np.ones(k) / k, mode="valid")
-        ax.plot(np.arange(len(smooth)) + k, smooth, color=COLORS.get(name, "k"), label=name)
-    ax.axhline(-log_evidence, color="navy", ls="--", lw=1, label="-log p(x)")
-    ax.set_ylim(-log_evidence - 0.2, -log_evidence + 3)
-    ax.set_xlabel("SVI step")
-    ax.set_ylabel(f"{loss} (moving average)")
-    ax.set_title("SVI loss per guide")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 @dataclass
@@ -229,9 +163,9 @@ def write(result: PosteriorResult, folder: RunFolder, reporter: Reporter) -> dic
         if m.name == "nuts":
             reporter.table("az.summary of NUTS", s)
     folder.save_figure(figure_joint(exact, methods), "posterior_joint")
-    folder.save_figure(figure_marginals(exact, methods), "posterior_marginals")
+    folder.save_figure(figure_marginals_exact(exact, methods), "posterior_marginals")
     if result.histories:
-        folder.save_figure(figure_losses(result.histories, log_evidence, config.loss), "svi_loss")
+        folder.save_figure(figure_losses(result.histories, config.loss, log_evidence), "svi_loss")
     if config.nuts:
         import arviz as az
 

@@ -11,18 +11,17 @@ table, the JSON and stderr.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pyro
 import torch
 
 from svilab.experiments.common import Reporter
 from svilab.experiments.posterior_config import USER_LR, PosteriorConfig, run_methods
+from svilab.experiments.posterior_figures import figure_losses, figure_marginals_reference
 from svilab.experiments.runs import RunFolder
 from svilab.guides import guide_spec, make_guide
 from svilab.inference.diagnostics import (
@@ -138,59 +137,6 @@ def nuts_method(res) -> MethodResult:
                                "min_ess_bulk": float(s["ess_bulk"].min())})
 
 
-def figure_marginals(methods: list[MethodResult], reference_draws: dict[str, np.ndarray] | None, names: list[str],
-                     max_panels: int = 16):
-    """One panel per parameter (the first ``max_panels``): each method's KDE, the reference's in black."""
-    import arviz as az
-
-    names = names[:max_panels]
-    cols = min(4, len(names))
-    rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    flats = {m.name: m.flat_draws() for m in methods}
-    for ax, name in zip(axes.flat, names, strict=False):
-        if reference_draws is not None and name in reference_draws:
-            az.plot_kde(reference_draws[name], ax=ax, plot_kwargs={"color": "black", "linewidth": 2.2},
-                        label="reference")
-        for i, m in enumerate(methods):
-            if name in flats[m.name]:
-                az.plot_kde(flats[m.name][name], ax=ax, label=m.name,
-                            plot_kwargs={"color": colors[i % len(colors)], "linewidth": 1.2})
-        ax.set_title(name, fontsize=10)
-        ax.set_yticks([])
-        if ax.get_legend() is not None:
-            ax.get_legend().remove()
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.suptitle("Posterior marginals: each method (colours) and the reference draws (black)")
-    fig.tight_layout()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels), fontsize=9)
-    return fig
-
-
-def figure_losses(histories: dict[str, np.ndarray], loss: str):
-    fig, ax = plt.subplots(figsize=(7.5, 4.3))
-    lows = []
-    for name, h in histories.items():
-        if not len(h):
-            continue
-        k = max(1, len(h) // 50)
-        smooth = np.convolve(h, np.ones(k) / k, mode="valid")
-        ax.plot(np.arange(len(smooth)) + k, smooth, label=name)
-        lows.append(smooth.min())
-    if lows:  # the end of the optimisation is what matters: start the axis near the best value
-        lo = min(lows)
-        ax.set_ylim(lo - 0.05 * abs(lo) - 1, lo + 0.2 * abs(lo) + 20)
-    ax.set_xlabel("SVI step")
-    ax.set_ylabel(f"{loss} (moving average)")
-    ax.set_title("SVI loss per guide")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 def report_warnings(methods: list[MethodResult], reporter: Reporter) -> None:
     """Every diagnostic that failed, one line each on stderr whatever the output mode."""
     for m in methods:
@@ -289,7 +235,7 @@ def write_user(result: UserPosteriorResult, folder: RunFolder, reporter: Reporte
         m.idata.to_netcdf(folder.path / "inference_data" / f"{m.name}.nc")
     report_warnings(methods, reporter)
     shown = [n for n in names if reference is None or n in reference.mean] or names
-    folder.save_figure(figure_marginals(methods, reference.draws if reference is not None else None, shown),
+    folder.save_figure(figure_marginals_reference(methods, reference.draws if reference is not None else None, shown),
                        "posterior_marginals")
     if result.histories:
         folder.save_figure(figure_losses(result.histories, config.loss), "svi_loss")
