@@ -39,25 +39,27 @@ def as_counts(data: Iterable[float] | torch.Tensor | np.ndarray, name: str = "da
     return arr
 
 
-def positive(value: float, name: str) -> float:
-    """Return ``value`` as a float if it is a finite number > 0, else raise ValueError."""
+def _checked_float(value, name: str, what: str, ok, bad: str) -> float:
+    """``float(value)`` if ``ok`` of it, else a ValueError: ``{name} must be {what}`` for what is not
+    a number, ``{name} must be {bad}`` for a number that fails ``ok``."""
     try:
         v = float(value)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from exc
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+        raise ValueError(f"{name} must be {what}, got {value!r}") from exc
+    if not ok(v):
+        raise ValueError(f"{name} must be {bad}, got {value!r}")
     return v
+
+
+def positive(value: float, name: str) -> float:
+    """Return ``value`` as a float if it is a finite number > 0, else raise ValueError."""
+    return _checked_float(value, name, "a positive number", lambda v: math.isfinite(v) and v > 0,
+                          "a finite positive number")
 
 
 def finite(value: float, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a number, got {value!r}") from exc
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return v
+    """Return ``value`` as a float if it is a finite number, else raise ValueError."""
+    return _checked_float(value, name, "a number", math.isfinite, "finite")
 
 
 def positive_int(value: int, name: str, minimum: int = 1) -> int:
