@@ -119,6 +119,11 @@ class Family:
         """The same factor as a Pyro distribution (without ``rsample`` when not ``reparameterized``)."""
         raise NotImplementedError
 
+    def pyro_uniform_noise(self, shape, dtype) -> torch.Tensor:
+        """The uniform noise behind one draw of :meth:`pyro_distribution` from torch's global RNG:
+        ``Phi(randn)`` (the Normal-based distributions draw ``torch.randn``)."""
+        return ndtr(torch.randn(shape, dtype=dtype))
+
     @staticmethod
     def _normal_quadrature(mu, sigma, rule, bound: float):
         """The standard Normal's rule on [-bound, bound], as (n, weights)."""
@@ -209,6 +214,11 @@ class TruncatedNormalFamily(Family):
 
     def pyro_distribution(self, loc, scale, reparameterized: bool = True):
         return tn.PositiveNormal(loc, scale, reparameterized=reparameterized)
+
+    def pyro_uniform_noise(self, shape, dtype) -> torch.Tensor:
+        """``PositiveNormal.rsample`` draws one clamped ``torch.rand`` per value."""
+        tiny = torch.finfo(dtype).eps * 0.5
+        return torch.rand(shape, dtype=dtype).clamp(tiny, 1 - tiny)
 
 
 class LogNormalFamily(Family):

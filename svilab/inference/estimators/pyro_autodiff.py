@@ -50,11 +50,6 @@ def pyro_noise(family: Family | str, M: int, seed: int, dtype=torch.float64) -> 
     """
     torch.manual_seed(seed)
     fam = get_family(family)
-    tiny = torch.finfo(dtype).eps * 0.5
-    if fam.name == "normal":
-        eu = torch.rand((M, 1), dtype=dtype).clamp(tiny, 1 - tiny)
-        ev = torch.rand((M, 1), dtype=dtype).clamp(tiny, 1 - tiny)
-    else:
-        eu = torch.special.ndtr(torch.randn((M, 1), dtype=dtype))
-        ev = torch.special.ndtr(torch.randn((M, 1), dtype=dtype))
+    eu = fam.pyro_uniform_noise((M, 1), dtype)
+    ev = fam.pyro_uniform_noise((M, 1), dtype)
     return torch.stack((eu.reshape(1, M), ev.reshape(1, M)), 0)
