@@ -352,3 +352,17 @@ def test_ctrl_c_in_the_first_epoch_does_not_advise_a_resume(tmp_path, capsys, mo
     out = capsys.readouterr()
     assert "nothing to resume" in out.out and "--resume" not in out.out
     assert "svilab vae: interrupted" in out.err
+
+
+def test_an_odd_number_of_guide_draws_is_kept_whole(tmp_path):
+    """``posterior --draws 1001`` used to fail after fitting (draws split into 4 pseudo-chains); the guide's
+    draws are one chain of independent draws: all 1001 are in the InferenceData and its moments."""
+    import arviz as az
+
+    out = tmp_path / "r"
+    assert main(["posterior", "--guides", "gamma", "--steps", "300", "--draws", "1001", "--elbo-samples", "2000",
+                 "--out", str(out)]) == 0
+    idata = az.from_netcdf(out / "inference_data" / "gamma.nc")
+    assert dict(idata.posterior.sizes) == {"chain": 1, "draw": 1001}
+    gamma = json.loads((out / "results.json").read_text())["methods"][0]
+    assert gamma["u"]["mean"] == pytest.approx(float(idata.posterior["u"].mean()), rel=1e-12)

@@ -302,3 +302,33 @@ def test_a_model_that_does_not_vectorize_is_told_how_to_fix_it(f64):
     with pyro.validation_enabled(True), pytest.raises(ValueError, match="failed: Expected parameter rate") as err:
         guide_draws(bad_rate_model, make_guide("lognormal", bad_rate_model), num_samples=10)
     assert not isinstance(err.value, VectorizationError)
+
+
+def test_importance_check_finds_an_off_centre_guide_that_k_hat_passes():
+    """A Gaussian posterior N(0, I_3) and Gaussian guides, weights log p - log q written out in numpy:
+    a guide shifted by 0.5 sd in one coordinate has a small k-hat but the importance-weighted means
+    move by the exact shift (-0.5 guide sd, within 4 standard errors), and the check says so; the
+    centred guide (sd 1.1, so the weights are not constant) moves by less than 4 standard errors and passes."""
+    from svilab.inference.diagnostics import importance_shift, importance_warnings
+
+    rng = np.random.default_rng(0)
+    S, sd_q = 4000, 1.1
+    for offset, expect_warning in ((0.5 * sd_q, True), (0.0, False)):
+        mean_q = np.array([offset, 0.0, 0.0])
+        z = mean_q + sd_q * rng.standard_normal((S, 3))
+        log_p = -0.5 * (z**2).sum(1)
+        log_q = -0.5 * (((z - mean_q) / sd_q) ** 2).sum(1)
+        lw = log_p - log_q
+        k = pareto_k(lw)
+        draws = {f"z[{i + 1}]": z[:, i] for i in range(3)}
+        shift, ess = importance_shift(draws, lw)
+        se = math.sqrt(1 / ess + 1 / S)
+        exact = (0.0 - mean_q) / sd_q          # E_p - E_q in guide sds
+        assert k < 0.5
+        for i in range(3):
+            assert abs(shift[f"z[{i + 1}]"] - exact[i]) < 4 * se, (shift, exact, se)
+        warned = importance_warnings(draws, lw, k)
+        assert bool(warned) == expect_warning, warned
+        if expect_warning:
+            assert f"worst z[1]: {shift['z[1]']:+.2f} sd" in warned[0], warned
+    assert importance_warnings(draws, lw, k=0.9) == []      # weights not trusted: k-hat's own warning speaks

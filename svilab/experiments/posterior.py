@@ -37,7 +37,8 @@ from svilab.experiments.runs import RunFolder
 from svilab.guides import GUIDE_SPECS, GUIDES, PositiveNormal, guide_spec, make_guide
 from svilab.inference.cavi import CAVIResult, GammaFactor, cavi
 from svilab.inference.cavi import elbo as gamma_elbo
-from svilab.inference.diagnostics import convergence_warnings, pareto_k_warnings
+from svilab.inference.diagnostics import convergence_warnings, importance_warnings, pareto_k_warnings
+from svilab.inference.draws import flat_draws, guide_draws
 from svilab.inference.exact import ExactPosterior
 from svilab.inference.init import INIT_STRATEGIES
 from svilab.inference.losses import LOSSES, command_losses, loss_spec
@@ -92,8 +93,11 @@ def fit_guide(model: PoissonGamma, name: str, loss: str, alpha: float | None, cf
         diverged = [f"diverged: {exc}; results are from the last finite parameters"]
     mc = elbo_estimate(model.model, guide, num_samples=n_elbo, seed=seed + 1)
     exact_value = exact_guide_elbo(model, guide)
-    idata = guide_inference_data(model.model, guide, num_samples=n_draws, seed=seed + 2)
-    warns = pareto_k_warnings(mc.pareto_k) + diverged + convergence_warnings(result.history, result.steps_done)
+    draws = guide_draws(model.model, guide, num_samples=n_draws, seed=seed + 2)
+    idata = guide_inference_data(model.model, guide, draws=draws)
+    warns = (pareto_k_warnings(mc.pareto_k) + importance_warnings(flat_draws(draws.posterior), draws.log_weights,
+                                                                  mc.pareto_k)
+             + diverged + convergence_warnings(result.history, result.steps_done))
     method = MethodResult(name, idata, seconds=result.seconds, pareto_k=mc.pareto_k, warnings=warns,
                           extra={"steps": result.steps_done, "particles": cfg["particles"], "lr": cfg["lr"],
                                  "elbo_mc": mc.value, "elbo_mc_se": mc.se, "final_loss": result.final_loss})

@@ -26,6 +26,7 @@ from svilab.experiments.runs import RunFolder
 from svilab.guides import guide_spec, make_guide
 from svilab.inference.diagnostics import (
     convergence_warnings,
+    importance_warnings,
     mcmc_warnings,
     pareto_k_warnings,
     reference_warnings,
@@ -105,6 +106,7 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: PosteriorConfig,
     elbo = elbo_estimate(um.model, guide, num_samples=config.elbo_samples, seed=config.seed + 1)
     warns = pareto_k_warnings(elbo.pareto_k) + warns
     draws = guide_draws(um.model, guide, num_samples=config.draws, seed=config.seed + 2, sites=sites)
+    warns += importance_warnings(flat_draws(draws.posterior), draws.log_weights, elbo.pareto_k)
     idata = guide_inference_data(um.model, guide, draws=draws)
     method = MethodResult(name, idata, elbo=elbo.value, elbo_se=elbo.se,
                           elbo_method=f"Monte Carlo (n={elbo.num_samples})", seconds=seconds,

@@ -118,10 +118,12 @@ def loss_spec(name: str) -> LossSpec:
 
 
 def command_losses(command: str) -> list[str]:
-    """The objectives a command offers, by the name it uses for them: an objective's name where
-    one estimator is its default there (``elbo``, ``gjs``), else the loss's own name."""
-    return list(dict.fromkeys(s.objective if command in s.default_for else s.name
-                              for s in LOSS_SPECS.values() if command in s.commands))
+    """The losses a command offers, by the name it uses for them: the objective's name where the
+    command offers one estimator of that objective (the VAE's ``elbo``), else each loss's own name
+    (``svilab posterior`` offers two estimators of the ELBO, ``trace_elbo`` and ``meanfield_elbo``)."""
+    offered = [s for s in LOSS_SPECS.values() if command in s.commands]
+    count = {o: sum(s.objective == o for s in offered) for o in {s.objective for s in offered}}
+    return list(dict.fromkeys(s.objective if count[s.objective] == 1 else s.name for s in offered))
 
 
 def command_loss(name: str, command: str) -> LossSpec:
