@@ -9,10 +9,12 @@ torch's fused Adam kernel over all parameters, with the non-finite guard):
   ``VAE.model``/``VAE.guide`` (validation off, as in training after the first step);
 * ``jit``: the same with the JIT ELBO compiled once (``svilab vae train``'s default).
 
-Each variant runs twice, interleaved, in one process with one torch thread; the faster of the
-two is kept. Prints ms per step, the ratios to ``torch``, and seconds per epoch (50,000 images).
+The three variants are built once, then timed in ``--rounds`` rounds of ``--steps`` steps each, one
+after another within a round (the order rotating), in one process with one torch thread. Prints the
+median ms per step, the median over rounds of each round's ratio to ``torch`` (adjacent blocks, so a
+machine that slows down for a while slows both sides of a ratio), and seconds per epoch (50,000 images).
 
-    python benchmarks/bench_vae.py [--steps 200] [--presets notebook standard] [--threads 1]
+    python benchmarks/bench_vae.py [--steps 200] [--rounds 7] [--presets notebook standard] [--threads 1]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import time
 import warnings
 
+import numpy as np
 import pyro
 import torch
 import torch.nn.functional as F
@@ -46,8 +49,6 @@ def torch_step(vae: VAE, optim: GuardedAdam, x):
 
 
 def timed(fn, steps: int) -> float:
-    for _ in range(20):
-        fn()
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()
@@ -57,6 +58,7 @@ def timed(fn, steps: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--presets", nargs="+", default=list(PRESETS))
     p.add_argument("--threads", type=int, default=1, help="torch threads (svilab's default policy: 1)")
     args = p.parse_args()
@@ -71,23 +73,31 @@ def main() -> None:
         x = torch.rand(cfg.batch_size, 784, generator=g)
         if cfg.binarize:
             x = (x < 0.3).float()
-        results: dict[str, list[float]] = {}
-        for kind in ("torch", "eager", "jit") * 2:   # interleaved twice
+        variants = {}
+        for kind in ("torch", "eager", "jit"):
             pyro.clear_param_store()
             torch.manual_seed(0)
             vae = VAE(cfg)
             optim = GuardedAdam(vae.parameters(), lr=cfg.lr)
             if kind == "torch":
-                fn = lambda vae=vae, optim=optim: torch_step(vae, optim, x)  # noqa: E731, B023
+                fn = lambda vae=vae, optim=optim, x=x: torch_step(vae, optim, x)  # noqa: E731
             else:
                 step = TrainStep(vae, optim, _loss({"loss": "elbo", "particles": 1, "alpha": None, "beta": 1.0},
                                                    jit=kind == "jit"), jit=kind == "jit")
-                fn = lambda step=step: step(x)  # noqa: E731, B023
-            results.setdefault(kind, []).append(timed(fn, args.steps))
-        t, e, j = (min(results[k]) for k in ("torch", "eager", "jit"))
+                fn = lambda step=step, x=x: step(x)  # noqa: E731
+            for _ in range(20):                  # warm-up (and the JIT's compilation)
+                fn()
+            variants[kind] = fn
+        kinds = list(variants)
+        times: dict[str, list[float]] = {k: [] for k in kinds}
+        for r in range(args.rounds):
+            for kind in kinds[r % 3:] + kinds[:r % 3]:
+                times[kind].append(timed(variants[kind], args.steps))
+        t, e, j = (float(np.median(times[k])) for k in kinds)
+        ratio = {k: float(np.median(np.array(times[k]) / np.array(times["torch"]))) for k in ("eager", "jit")}
         per_epoch = 50_000 // cfg.batch_size
-        print(f"{name:9s} {cfg.batch_size:5d} {1e3 * t:9.2f} {1e3 * e:9.2f} {1e3 * j:7.2f} {e / t:12.2f} "
-              f"{j / t:10.2f} {t * per_epoch:14.1f} {j * per_epoch:12.1f}", flush=True)
+        print(f"{name:9s} {cfg.batch_size:5d} {1e3 * t:9.2f} {1e3 * e:9.2f} {1e3 * j:7.2f} {ratio['eager']:12.2f} "
+              f"{ratio['jit']:10.2f} {t * per_epoch:14.1f} {j * per_epoch:12.1f}", flush=True)
 
 
 if __name__ == "__main__":
