@@ -28,7 +28,7 @@ import pyro
 import torch
 import torch.nn.functional as F
 
-from svilab.experiments.vae import _loss
+from svilab.experiments.vae import make_vae_loss
 from svilab.inference.optim import GuardedAdam
 from svilab.inference.vae_training import TrainStep
 from svilab.models.vae import PRESETS, VAE
@@ -82,8 +82,7 @@ def main() -> None:
             if kind == "torch":
                 fn = lambda vae=vae, optim=optim, x=x: torch_step(vae, optim, x)  # noqa: E731
             else:
-                step = TrainStep(vae, optim, _loss({"loss": "elbo", "particles": 1, "alpha": None, "beta": 1.0},
-                                                   jit=kind == "jit"), jit=kind == "jit")
+                step = TrainStep(vae, optim, make_vae_loss("elbo", jit=kind == "jit"), jit=kind == "jit")
                 fn = lambda step=step, x=x: step(x)  # noqa: E731
             for _ in range(20):                  # warm-up (and the JIT's compilation)
                 fn()

@@ -26,8 +26,7 @@ def _vae_steps(jit: bool, loss: str, steps: int = 6):
     pyro.set_rng_seed(0)
     vae = VAE(preset("notebook", latent_dim=3, hidden=[16]))
     optim = GuardedAdam(vae.parameters(), lr=1e-2)
-    cfg = {"loss": loss, "particles": 2, "alpha": None if loss == "elbo" else 0.3, "beta": 1.0}
-    loss_fn = vae_cmd._loss(cfg, jit)
+    loss_fn = vae_cmd.make_vae_loss(loss, jit, particles=2, alpha=None if loss == "elbo" else 0.3)
     step = TrainStep(vae, optim, loss_fn, jit=jit)
     x = torch.rand(20, 784, generator=torch.Generator().manual_seed(1))
     for _ in range(steps):

@@ -140,7 +140,7 @@ def test_training_lowers_the_loss_and_resume_is_exact(tmp_path):
     h = full.history
     assert h[-1]["train_loss"] < h[0]["train_loss"] and h[-1]["val_elbo"] > h[0]["val_elbo"]
 
-    part_cfg = {**cfg, "epochs": 1}
+    part_cfg = cfg.with_(epochs=1)
     vae_cmd.train(part_cfg, RunFolder("t", tmp_path / "part"), data, quiet)
     state = torch.load(tmp_path / "part" / vae_cmd.CHECKPOINT, weights_only=False)
     assert state["epoch"] == 0
@@ -154,8 +154,7 @@ def test_train_step_skips_non_finite_updates():
     torch.manual_seed(0)
     vae = VAE(preset("notebook", latent_dim=2, hidden=[8]))
     optim = GuardedAdam(vae.parameters(), lr=0.1)
-    step = TrainStep(vae, optim, vae_cmd._loss({"loss": "elbo", "particles": 1, "alpha": None,
-                                                       "beta": 1.0}, jit=False))
+    step = TrainStep(vae, optim, vae_cmd.make_vae_loss("elbo", jit=False))
     x = torch.rand(10, 784)
     step(x)
     after_one = {k: v.clone() for k, v in vae.state_dict().items()}
@@ -172,7 +171,7 @@ def test_train_step_skips_non_finite_updates():
 def test_nan_loss_stops_training_with_message_and_keeps_checkpoint(tmp_path, monkeypatch, jit):
     data = _synthetic()
     cfg = vae_cmd.run_config(_args(epochs=3, batch_size=50), "gjs", 0.3)
-    cfg["jit"] = jit
+    cfg = cfg.with_(jit=jit)
     real_save = vae_cmd.save_checkpoint
 
     def save_then_poison(path, state):   # after epoch 1 is saved, one training image turns NaN
@@ -180,7 +179,7 @@ def test_nan_loss_stops_training_with_message_and_keeps_checkpoint(tmp_path, mon
         data.train_x[120] = float("nan")
 
     monkeypatch.setattr(vae_cmd, "save_checkpoint", save_then_poison)
-    perm = epoch_batches(len(data.train_x), 50, cfg["seed"], 1)[0]
+    perm = epoch_batches(len(data.train_x), 50, cfg.seed, 1)[0]
     bad_step = int((perm == 120).nonzero()[0, 0]) + 1
     with pytest.raises(DivergenceError, match=f"non-finite \\(nan\\) in epoch 2, step {bad_step};"):
         vae_cmd.train(cfg, RunFolder("t", tmp_path), data, Reporter(quiet=True))

@@ -9,10 +9,8 @@ number of active latent units.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
-from pathlib import Path
 
 import pandas as pd
 import pyro
@@ -21,95 +19,54 @@ import torch
 from svilab.data.mnist import MNISTData, load_mnist
 from svilab.experiments.common import Reporter
 from svilab.experiments.runs import RunFolder
+from svilab.experiments.vae_config import VAE_LOSSES, VAERunConfig, absolute, time_limit, vae_loss
 from svilab.experiments.vae_figures import label as _label
 from svilab.experiments.vae_figures import save_figures
 from svilab.inference import vae_eval
 from svilab.inference.divergences import check_alpha
-from svilab.inference.losses import command_loss, command_losses, loss_spec, make_loss
+from svilab.inference.losses import command_loss, make_loss
 from svilab.inference.optim import GuardedAdam
 from svilab.inference.svi import DivergenceError
 from svilab.inference.vae_training import TrainingResult, save_checkpoint, train_vae
-from svilab.models.vae import PRESETS, VAE, VAEConfig, count_parameters, preset
-from svilab.validation import choice, positive_int
+from svilab.models.vae import PRESETS, VAE, count_parameters
+from svilab.validation import positive_int
 
-#: the objectives ``svilab vae`` trains (:func:`svilab.inference.losses.command_losses`)
-VAE_LOSSES = tuple(command_losses("vae"))
 CHECKPOINT = "checkpoint.pt"
 
 
 # ----------------------------------------------------------------------------- configuration
-def vae_loss(name: str) -> str:
-    """The objective ``name`` stands for in the VAE: ``elbo``, ``gjs`` or ``dgjs``; every estimator of
-    the ELBO (``trace_elbo``, ``meanfield_elbo``) is ``elbo``, trained with its analytic KL."""
-    key = str(name).lower()
-    if key in VAE_LOSSES:
-        return key
-    try:
-        objective = loss_spec(key).objective
-    except ValueError:
-        objective = None
-    return objective if objective in VAE_LOSSES else choice(name, VAE_LOSSES, "loss")
+def run_config(args: argparse.Namespace, loss: str, alpha: float | None, strict: bool = True) -> VAERunConfig:
+    """The typed configuration of one training run from the command line (:meth:`VAERunConfig.build`)."""
+    return VAERunConfig.build(
+        args.preset, loss=loss, alpha=alpha, beta=args.beta, epochs=args.epochs, seed=args.seed,
+        particles=args.particles, jit=args.jit, limit=args.limit, validation=args.validation,
+        time_limit_minutes=args.time_limit, data_root=args.data_root, eval_k=args.eval_k, eval_limit=args.eval_limit,
+        strict=strict, latent_dim=args.latent_dim, hidden=args.hidden, likelihood=args.likelihood, sigma=args.sigma,
+        batch_size=args.batch_size, lr=args.lr)
 
 
-def run_config(args: argparse.Namespace, loss: str, alpha: float | None, strict: bool = True) -> dict:
-    """The full configuration of one training run (saved as config.json; --resume reads it back)."""
-    cfg = preset(args.preset, latent_dim=args.latent_dim, hidden=args.hidden, likelihood=args.likelihood,
-                 sigma=args.sigma, batch_size=args.batch_size, lr=args.lr,
-                 binarize=(args.likelihood == "bernoulli") if args.likelihood else None)
-    loss = vae_loss(loss)
-    if loss == "elbo":
-        if alpha is not None:
-            raise ValueError("--alpha is the skew of gjs/dgjs; the ELBO has none (drop --alpha or choose --loss gjs)")
-        if args.beta != 1.0 and strict:
-            raise ValueError("--beta weighs the divergence of gjs/dgjs; the ELBO is trained with beta 1")
-    else:
-        alpha = check_alpha(0.5 if alpha is None else alpha)
-    return {"command": "vae train", "preset": args.preset, "vae": cfg.as_dict(), "loss": loss, "alpha": alpha,
-            "beta": 1.0 if loss == "elbo" else args.beta,
-            "epochs": positive_int(10 if args.epochs is None else args.epochs, "--epochs"),
-            "seed": args.seed,
-            "particles": positive_int(args.particles, "--particles"), "jit": bool(args.jit),
-            "limit": None if args.limit is None else positive_int(args.limit, "--limit"),
-            "validation": positive_int(args.validation, "--validation"),
-            "time_limit_minutes": _time_limit(args.time_limit), "data_root": _absolute(args.data_root),
-            "eval": {"k": positive_int(args.eval_k, "--eval-k"),
-                     "limit": None if args.eval_limit is None else positive_int(args.eval_limit, "--eval-limit"),
-                     "elbo_samples": 10}}
+def make_vae(config: VAERunConfig) -> VAE:
+    return VAE(config.vae)
 
 
-def _time_limit(minutes: float | None) -> float | None:
-    if minutes is None:
-        return None
-    m = float(minutes)
-    if not (m > 0 and math.isfinite(m)):
-        raise ValueError(f"--time-limit must be a positive number of minutes, got {minutes}")
-    return m
+def get_data(config: VAERunConfig) -> MNISTData:
+    return load_mnist(config.data_root, binary=config.vae.binarize, validation=config.validation,
+                      limit=config.limit, seed=0)
 
 
-def _absolute(path: str | None) -> str | None:
-    """A data root as an absolute path (a run resumed from another directory still finds its data)."""
-    return None if path is None else str(Path(path).expanduser().resolve())
+def make_vae_loss(loss: str, jit: bool, particles: int = 1, alpha: float | None = None, beta: float = 1.0):
+    """The Pyro ELBO that trains objective ``loss`` (``elbo``: ``meanfield_elbo``, with the analytic KL)."""
+    name = command_loss(loss, "vae").name
+    return make_loss(name, num_particles=particles, vectorize_particles=True, max_plate_nesting=1,
+                     jit=jit, alpha=alpha, beta=beta)
 
 
-def make_vae(config: dict) -> VAE:
-    d = dict(config["vae"])
-    d["hidden"] = tuple(d["hidden"])
-    return VAE(VAEConfig(**d))
-
-
-def get_data(config: dict) -> MNISTData:
-    return load_mnist(config.get("data_root"), binary=config["vae"]["binarize"], validation=config["validation"],
-                      limit=config["limit"], seed=0)
-
-
-def _loss(config: dict, jit: bool):
-    name = command_loss(config["loss"], "vae").name     # elbo: meanfield_elbo, the analytic KL
-    return make_loss(name, num_particles=config["particles"], vectorize_particles=True, max_plate_nesting=1,
-                     jit=jit, alpha=config["alpha"], beta=config["beta"])
+def _loss(config: VAERunConfig, jit: bool):
+    return make_vae_loss(config.loss, jit, config.particles, config.alpha, config.beta)
 
 
 # ----------------------------------------------------------------------------- training
-def train(config: dict, folder: RunFolder, data: MNISTData, reporter: Reporter, resume: dict | None = None,
+def train(config: VAERunConfig, folder: RunFolder, data: MNISTData, reporter: Reporter, resume: dict | None = None,
           progress: bool | None = None) -> TrainingResult:
     """Train one VAE as ``config`` says (:func:`svilab.inference.vae_training.train_vae`), writing
     ``folder/checkpoint.pt`` after every epoch.
@@ -117,43 +74,45 @@ def train(config: dict, folder: RunFolder, data: MNISTData, reporter: Reporter, 
     :raises DivergenceError: a NaN/inf loss or gradient (the last checkpoint stays in the folder).
     """
     pyro.clear_param_store()
-    pyro.set_rng_seed(config["seed"])
-    jit = config.get("jit", False)
+    pyro.set_rng_seed(config.seed)
+    jit = config.jit
+    stored = config.as_dict()
 
     def checkpoint(state: dict) -> None:
-        save_checkpoint(folder.path / CHECKPOINT, {**state, "config": config})
+        save_checkpoint(folder.path / CHECKPOINT, {**state, "config": stored})
 
-    limit = config.get("time_limit_minutes")
+    limit = config.time_limit_minutes
     try:
-        return train_vae(make_vae(config), data, _loss(config, jit), _loss(config, False), epochs=config["epochs"],
-                         seed=config["seed"], lr=config["vae"]["lr"], batch_size=config["vae"]["batch_size"],
+        return train_vae(make_vae(config), data, _loss(config, jit), _loss(config, False), epochs=config.epochs,
+                         seed=config.seed, lr=config.vae.lr, batch_size=config.vae.batch_size,
                          jit=jit, resume=resume, time_limit_s=None if limit is None else 60 * limit,
-                         on_epoch=checkpoint, say=reporter.say, label=config["loss"], progress=progress)
+                         on_epoch=checkpoint, say=reporter.say, label=config.loss, progress=progress)
     except DivergenceError as exc:
         done = len(exc.result.history)
         raise DivergenceError(f"{exc} The last checkpoint (end of epoch {done}) is in {folder}", exc.result) from None
 
 
-def evaluate(vae: VAE, data: MNISTData, config: dict) -> dict:
+def evaluate(vae: VAE, data: MNISTData, config: VAERunConfig) -> dict:
     """Test-set metrics (the same for every objective); see :mod:`svilab.inference.vae_eval`."""
-    ev = config["eval"]
-    x = data.test_x if ev["limit"] is None else data.test_x[:ev["limit"]]
+    x = data.test_x if config.eval_limit is None else data.test_x[:config.eval_limit]
     t0 = time.perf_counter()
-    test_elbo, elbo_se = vae_eval.elbo(vae, data.test_x, samples=ev["elbo_samples"])
-    ll, ll_se = vae_eval.iwae_log_likelihood(vae, x, k=ev["k"])
+    test_elbo, elbo_se = vae_eval.elbo(vae, data.test_x, samples=config.eval_elbo_samples)
+    ll, ll_se = vae_eval.iwae_log_likelihood(vae, x, k=config.eval_k)
     return {"test_elbo": test_elbo, "test_elbo_se": elbo_se, "test_log_likelihood": ll, "test_log_likelihood_se": ll_se,
-            "iwae_k": ev["k"], "iwae_images": len(x),
+            "iwae_k": config.eval_k, "iwae_images": len(x),
             "reconstruction_error": vae_eval.reconstruction_error(vae, data.test_x),
             "active_units": vae_eval.active_units(vae, data.test_x), "eval_seconds": time.perf_counter() - t0}
 
 
 # ----------------------------------------------------------------------------- one run, end to end
-def run_one(config: dict, folder: RunFolder, data: MNISTData, reporter: Reporter, resume: dict | None = None) -> dict:
-    folder.write_config(config)
-    vae_cfg = config["vae"]
-    reporter.say(f"VAE {config['preset']} (K={vae_cfg['latent_dim']}, hidden {vae_cfg['hidden']}, "
-                 f"{vae_cfg['likelihood']}), loss {config['loss']}"
-                 + ("" if config["alpha"] is None else f" alpha={config['alpha']:g}")
+def run_one(config: VAERunConfig, folder: RunFolder, data: MNISTData, reporter: Reporter,
+            resume: dict | None = None) -> dict:
+    """Train, evaluate, and write one run's results, history and figures; returns the run's row."""
+    folder.write_config(config.as_dict())
+    net = config.vae
+    reporter.say(f"VAE {config.preset} (K={net.latent_dim}, hidden {list(net.hidden)}, "
+                 f"{net.likelihood}), loss {config.loss}"
+                 + ("" if config.alpha is None else f" alpha={config.alpha:g}")
                  + f"; data {data.sizes()} from {data.root}")
     try:
         out = train(config, folder, data, reporter, resume)
@@ -166,7 +125,7 @@ def run_one(config: dict, folder: RunFolder, data: MNISTData, reporter: Reporter
         raise
     vae = out.vae
     metrics = evaluate(vae, data, config)
-    result = {"loss": config["loss"], "alpha": config["alpha"], **metrics,
+    result = {"loss": config.loss, "alpha": config.alpha, **metrics,
               "seconds_per_epoch": out.seconds_per_epoch, "epochs": len(out.history),
               "parameters": count_parameters(vae), "history": out.history}
     folder.write_results(result)
@@ -255,15 +214,12 @@ RESUME_MAY_CHANGE = {"epochs", "time_limit", "data_root", "json", "resume", "fun
 _RESUME_KEYS = {"epoch", "model", "optim", "rng", "history", "config"}
 
 
-def _conflicts(args: argparse.Namespace, config: dict) -> list[str]:
+def _conflicts(args: argparse.Namespace, config: VAERunConfig) -> list[str]:
     """Options given (different from their defaults) that differ from the stored configuration."""
     parser_defaults = {"loss": "elbo", "alpha": None, "preset": "notebook", "beta": 1.0, "particles": 1,
                        "seed": 0, "jit": True, "limit": None, "validation": 10_000, "eval_k": 5000,
                        "eval_limit": None, "out": None, "overwrite": False}
-    stored = {"loss": config["loss"], "alpha": config["alpha"], "preset": config["preset"], "beta": config["beta"],
-              "particles": config["particles"], "seed": config["seed"], "jit": config.get("jit", False),
-              "limit": config["limit"], "validation": config["validation"], "eval_k": config["eval"]["k"],
-              "eval_limit": config["eval"]["limit"]}
+    stored = {key: getattr(config, key) for key in parser_defaults if key not in ("out", "overwrite")}
     out = []
     for key, default in parser_defaults.items():
         value = getattr(args, key, default)
@@ -277,12 +233,13 @@ def _conflicts(args: argparse.Namespace, config: dict) -> list[str]:
             out.append(f"--{key.replace('_', '-')} {value} (the run has {stored[key]})")
     for key in ("latent_dim", "hidden", "likelihood", "sigma", "batch_size", "lr"):
         value = getattr(args, key, None)
-        if value is not None and (list(value) if key == "hidden" else value) != config["vae"][key]:
-            out.append(f"--{key.replace('_', '-')} {value} (the run has {config['vae'][key]})")
+        have = config.vae.as_dict()[key]
+        if value is not None and (list(value) if key == "hidden" else value) != have:
+            out.append(f"--{key.replace('_', '-')} {value} (the run has {have})")
     return out
 
 
-def _resume(args: argparse.Namespace) -> tuple[dict, dict, RunFolder]:
+def _resume(args: argparse.Namespace) -> tuple[VAERunConfig, dict, RunFolder]:
     """Read and check a run's checkpoint; every problem is a one-line ValueError naming the file."""
     folder = RunFolder("vae-train", out=args.resume, mode="resume")
     ckpt_path = folder.path / CHECKPOINT
@@ -297,11 +254,11 @@ def _resume(args: argparse.Namespace) -> tuple[dict, dict, RunFolder]:
     if not isinstance(state, dict) or not _RESUME_KEYS <= set(state):
         missing = sorted(_RESUME_KEYS - set(state)) if isinstance(state, dict) else sorted(_RESUME_KEYS)
         raise ValueError(f"checkpoint {ckpt_path} is not an svilab VAE checkpoint (missing {', '.join(missing)})")
-    config = state["config"]
     try:
+        config = VAERunConfig.from_dict(state["config"])
         vae = make_vae(config)
         vae.load_state_dict(state["model"])
-        GuardedAdam(vae.parameters(), lr=config["vae"]["lr"]).load_state_dict(state["optim"])
+        GuardedAdam(vae.parameters(), lr=config.vae.lr).load_state_dict(state["optim"])
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ValueError(f"checkpoint {ckpt_path} does not fit its own configuration: {first[:200]}") from None
@@ -310,11 +267,11 @@ def _resume(args: argparse.Namespace) -> tuple[dict, dict, RunFolder]:
         raise ValueError(f"--resume keeps the run's configuration; these options conflict with it: {'; '.join(bad)}. "
                          "Only --epochs, --time-limit and --data-root may change")
     if args.epochs is not None:
-        config["epochs"] = positive_int(args.epochs, "--epochs")
+        config = config.with_(epochs=positive_int(args.epochs, "--epochs"))
     if args.time_limit is not None:
-        config["time_limit_minutes"] = _time_limit(args.time_limit)
+        config = config.with_(time_limit_minutes=time_limit(args.time_limit))
     if args.data_root is not None:                 # the option wins over the stored root
-        config["data_root"] = _absolute(args.data_root)
+        config = config.with_(data_root=absolute(args.data_root))
     return config, state, folder
 
 
@@ -322,11 +279,11 @@ def main_train(args: argparse.Namespace) -> int:
     reporter = Reporter(args.json)
     if args.resume:
         config, state, folder = _resume(args)
-        reporter.say(f"resuming {folder} after epoch {state['epoch'] + 1} of {config['epochs']}")
+        reporter.say(f"resuming {folder} after epoch {state['epoch'] + 1} of {config.epochs}")
     else:
         config = run_config(args, args.loss, args.alpha)
         if args.data_root is None and os.environ.get("SVILAB_DATA"):
-            config["data_root"] = _absolute(os.environ["SVILAB_DATA"])
+            config = config.with_(data_root=absolute(os.environ["SVILAB_DATA"]))
         data = get_data(config)          # data problems are reported before a run folder exists
         state, folder = None, RunFolder("vae-train", out=args.out, mode="overwrite" if args.overwrite else "new")
     if state is not None:
@@ -353,14 +310,13 @@ def main_compare(args: argparse.Namespace) -> int:
     plan += [(loss, a) for loss in losses if loss != "elbo" for a in alphas]
     configs = [run_config(args, loss, a, strict=False) for loss, a in plan]   # --beta: for gjs/dgjs only
     if args.data_root is None and os.environ.get("SVILAB_DATA"):
-        for cfg in configs:
-            cfg["data_root"] = _absolute(os.environ["SVILAB_DATA"])
+        configs = [cfg.with_(data_root=absolute(os.environ["SVILAB_DATA"])) for cfg in configs]
     data = get_data(configs[0])
     folder = RunFolder("vae-compare", out=args.out, mode="overwrite" if args.overwrite else "new")
-    folder.write_config({"command": "vae compare", "runs": configs})
+    folder.write_config({"command": "vae compare", "runs": [cfg.as_dict() for cfg in configs]})
     runs = []
     for cfg in configs:
-        name = cfg["loss"] if cfg["alpha"] is None else f"{cfg['loss']}-alpha{cfg['alpha']:g}"
+        name = cfg.name
         try:
             runs.append(run_one(cfg, folder.sub(name), data, reporter))
         except DivergenceError as exc:
@@ -376,4 +332,4 @@ def main_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["evaluate", "register", "run_config", "train"]
+__all__ = ["VAERunConfig", "evaluate", "make_vae_loss", "register", "run_config", "train"]

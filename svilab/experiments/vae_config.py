@@ -1,0 +1,141 @@
+"""The typed configuration of one ``svilab vae`` training run, checked on construction.
+
+:meth:`VAERunConfig.build` takes a preset and the options that override it (the messages name the
+command-line option); :meth:`VAERunConfig.as_dict` is what the run folder's ``config.json`` and every
+checkpoint hold, and :meth:`VAERunConfig.from_dict` reads it back for ``--resume`` (checkpoints written
+before this class existed have the same layout).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from svilab.inference.divergences import check_alpha
+from svilab.inference.losses import command_losses, loss_spec
+from svilab.models.vae import VAEConfig, preset
+from svilab.validation import choice, positive_int
+
+#: the objectives ``svilab vae`` trains (:func:`svilab.inference.losses.command_losses`)
+VAE_LOSSES = tuple(command_losses("vae"))
+
+
+def vae_loss(name: str) -> str:
+    """The objective ``name`` stands for in the VAE: ``elbo``, ``gjs`` or ``dgjs``; every estimator of
+    the ELBO (``trace_elbo``, ``meanfield_elbo``) is ``elbo``, trained with its analytic KL."""
+    key = str(name).lower()
+    if key in VAE_LOSSES:
+        return key
+    try:
+        objective = loss_spec(key).objective
+    except ValueError:
+        objective = None
+    return objective if objective in VAE_LOSSES else choice(name, VAE_LOSSES, "loss")
+
+
+def time_limit(minutes: float | None) -> float | None:
+    if minutes is None:
+        return None
+    m = float(minutes)
+    if not (m > 0 and math.isfinite(m)):
+        raise ValueError(f"--time-limit must be a positive number of minutes, got {minutes}")
+    return m
+
+
+def absolute(path: str | None) -> str | None:
+    """A data root as an absolute path (a run resumed from another directory still finds its data)."""
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+@dataclass(frozen=True)
+class VAERunConfig:
+    """One training run: the network (a preset with overrides), the objective, training, data and
+    evaluation settings.
+
+    :ivar loss: the objective (``elbo``, ``gjs``, ``dgjs``); ``alpha`` its skew (None for the ELBO).
+    :ivar beta: weight of the divergence term (1 for the ELBO).
+    :ivar limit: training images used (None: all); ``validation`` of them held out.
+    :ivar time_limit_minutes: stop after the epoch during which this much training time has passed.
+    :ivar data_root: absolute MNIST root (None: ``$SVILAB_DATA``, else the default cache).
+    :ivar eval_k, eval_limit, eval_elbo_samples: IWAE samples, test images for it, samples for the test ELBO.
+    """
+
+    preset: str
+    vae: VAEConfig
+    loss: str = "elbo"
+    alpha: float | None = None
+    beta: float = 1.0
+    epochs: int = 10
+    seed: int = 0
+    particles: int = 1
+    jit: bool = True
+    limit: int | None = None
+    validation: int = 10_000
+    time_limit_minutes: float | None = None
+    data_root: str | None = None
+    eval_k: int = 5000
+    eval_limit: int | None = None
+    eval_elbo_samples: int = 10
+
+    @classmethod
+    def build(cls, preset_name: str = "notebook", *, loss: str = "elbo", alpha: float | None = None,
+              beta: float = 1.0, epochs: int | None = None, seed: int = 0, particles: int = 1, jit: bool = True,
+              limit: int | None = None, validation: int = 10_000, time_limit_minutes: float | None = None,
+              data_root: str | None = None, eval_k: int = 5000, eval_limit: int | None = None,
+              strict: bool = True, **network) -> VAERunConfig:
+        """The configuration of these options, checked. ``network``: overrides of the preset
+        (``latent_dim``, ``hidden``, ``likelihood``, ``sigma``, ``batch_size``, ``lr``; None: the
+        preset's). ``strict``: a ``beta`` other than 1 with the ELBO is an error (``vae compare`` applies
+        ``--beta`` to gjs/dgjs only)."""
+        likelihood = network.get("likelihood")
+        cfg = preset(preset_name, **network, binarize=(likelihood == "bernoulli") if likelihood else None)
+        loss = vae_loss(loss)
+        if loss == "elbo":
+            if alpha is not None:
+                raise ValueError("--alpha is the skew of gjs/dgjs; the ELBO has none (drop --alpha or choose "
+                                 "--loss gjs)")
+            if beta != 1.0 and strict:
+                raise ValueError("--beta weighs the divergence of gjs/dgjs; the ELBO is trained with beta 1")
+        else:
+            alpha = check_alpha(0.5 if alpha is None else alpha)
+        return cls(preset=preset_name, vae=cfg, loss=loss, alpha=alpha, beta=1.0 if loss == "elbo" else beta,
+                   epochs=positive_int(10 if epochs is None else epochs, "--epochs"), seed=seed,
+                   particles=positive_int(particles, "--particles"), jit=bool(jit),
+                   limit=None if limit is None else positive_int(limit, "--limit"),
+                   validation=positive_int(validation, "--validation"),
+                   time_limit_minutes=time_limit(time_limit_minutes), data_root=absolute(data_root),
+                   eval_k=positive_int(eval_k, "--eval-k"),
+                   eval_limit=None if eval_limit is None else positive_int(eval_limit, "--eval-limit"))
+
+    @property
+    def name(self) -> str:
+        """The run's sub-folder name in ``vae compare``: ``elbo``, ``gjs-alpha0.5``."""
+        return self.loss if self.alpha is None else f"{self.loss}-alpha{self.alpha:g}"
+
+    def with_(self, **changes) -> VAERunConfig:
+        """A copy with ``changes`` (e.g. ``epochs`` raised on ``--resume``)."""
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        """``config.json`` and the checkpoint's ``config``."""
+        return {"command": "vae train", "preset": self.preset, "vae": self.vae.as_dict(), "loss": self.loss,
+                "alpha": self.alpha, "beta": self.beta, "epochs": self.epochs, "seed": self.seed,
+                "particles": self.particles, "jit": self.jit, "limit": self.limit, "validation": self.validation,
+                "time_limit_minutes": self.time_limit_minutes, "data_root": self.data_root,
+                "eval": {"k": self.eval_k, "limit": self.eval_limit, "elbo_samples": self.eval_elbo_samples}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VAERunConfig:
+        """The inverse of :meth:`as_dict` (a ``KeyError``/``TypeError`` for a dict of another layout)."""
+        net = dict(d["vae"])
+        net["hidden"] = tuple(net["hidden"])
+        ev = d["eval"]
+        return cls(preset=d["preset"], vae=VAEConfig(**net).validated(), loss=d["loss"], alpha=d["alpha"],
+                   beta=d["beta"], epochs=d["epochs"], seed=d["seed"], particles=d["particles"],
+                   jit=d.get("jit", False), limit=d["limit"], validation=d["validation"],
+                   time_limit_minutes=d.get("time_limit_minutes"), data_root=d.get("data_root"),
+                   eval_k=ev["k"], eval_limit=ev["limit"], eval_elbo_samples=ev.get("elbo_samples", 10))
+
+
+__all__ = ["VAE_LOSSES", "VAERunConfig", "absolute", "time_limit", "vae_loss"]
