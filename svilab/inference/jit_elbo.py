@@ -31,20 +31,29 @@ class _DirectCall:
     """The traced graph of a :class:`pyro.ops.jit.CompiledFunction`, called with its parameter
     tensors cached: what ``CompiledFunction.__call__`` does after the first call, without looking
     every parameter up through Pyro's effect stack (18 lookups per VAE step, 0.1 ms) and without
-    its parameter-capture trace. Valid while the param store holds the same tensors (checked on
-    every call; else the caller falls back to Pyro's path and builds a new one)."""
+    its parameter-capture trace.
+
+    Valid while the call has the signature the graph was traced for (as many positional arguments,
+    the same keyword arguments: Pyro's own cache key) and the param store holds the same tensors
+    (``ParamStoreDict.named_parameters``, checked on every call); else the caller takes Pyro's path
+    and builds a new one. The graph is :attr:`CompiledFunction.compiled` when it holds one
+    signature (the usual case: one compiled function per (model, guide) pair here); the parameter
+    order is Pyro's ``_param_names``, the one private attribute read (the tests comparing the JIT
+    with the eager ELBO step for step would fail if it changed)."""
 
     def __init__(self, compiled_fn, args, kwargs) -> None:
-        from pyro.ops.jit import _hashable_args_kwargs
-
-        self.graph = compiled_fn.compiled.get(_hashable_args_kwargs(args, kwargs))
+        graphs = list(compiled_fn.compiled.values())
+        self.graph = graphs[0] if len(graphs) == 1 else None
+        self.nargs, self.kwargs = len(args), dict(kwargs)
         self.names = list(compiled_fn._param_names or [])
         self.store = pyro.get_param_store()
         self.params = [pyro.param(n).unconstrained() for n in self.names]
 
-    def valid(self) -> bool:
-        current = self.store._params          # name -> unconstrained tensor (what pyro.param(n).unconstrained() is)
-        return self.graph is not None and all(current.get(n) is p for n, p in zip(self.names, self.params, strict=True))
+    def valid(self, args, kwargs) -> bool:
+        if self.graph is None or len(args) != self.nargs or kwargs != self.kwargs:
+            return False
+        current = dict(self.store.named_parameters())     # name -> unconstrained tensor
+        return all(current.get(n) is p for n, p in zip(self.names, self.params, strict=True))
 
     def __call__(self, args):
         return self.graph(*self.params, *args)
@@ -63,7 +72,7 @@ def _key(model, guide) -> tuple:
 def _call_compiled(entry: list, args, kwargs):
     """``entry = [compiled_fn, model, guide, direct]``: the direct call when valid, else Pyro's."""
     direct = entry[3]
-    if direct is None or not direct.valid():
+    if direct is None or not direct.valid(args, kwargs):
         out = entry[0](*args, **kwargs)                   # Pyro's path (also re-traces for new kwargs)
         entry[3] = _DirectCall(entry[0], args, kwargs)
         return out
