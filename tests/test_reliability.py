@@ -366,3 +366,26 @@ def test_an_odd_number_of_guide_draws_is_kept_whole(tmp_path):
     assert dict(idata.posterior.sizes) == {"chain": 1, "draw": 1001}
     gamma = json.loads((out / "results.json").read_text())["methods"][0]
     assert gamma["u"]["mean"] == pytest.approx(float(idata.posterior["u"].mean()), rel=1e-12)
+
+
+def test_a_guide_that_ran_away_is_left_out_and_the_rest_of_the_run_is_kept(tmp_path, capsys):
+    """``posterior --model ... --lr 1e6``: both guides' parameters run away to invalid values (scale 0);
+    each is left out with a warning naming it, NUTS is still reported, rc 0 (it used to end the whole run)."""
+    (tmp_path / "m.py").write_text("import pyro\nimport pyro.distributions as dist\n\n\ndef model(data):\n"
+                                   "    mu = pyro.sample('mu', dist.Normal(0.0, 1.0))\n"
+                                   "    with pyro.plate('data', data['x'].shape[0]):\n"
+                                   "        pyro.sample('x', dist.Normal(mu, 1.0), obs=data['x'])\n")
+    (tmp_path / "d.json").write_text('{"x": [0.5, 1.2, -0.3, 0.8]}')
+    out = tmp_path / "r"
+    rc = main(["posterior", "--model", str(tmp_path / "m.py"), "--data", str(tmp_path / "d.json"), "--guides", "mvn",
+               "lognormal", "--lr", "1e6", "--steps", "50", "--elbo-samples", "1000", "--draws", "100", "--nuts",
+               "--nuts-samples", "50", "--nuts-warmup", "50", "--chains", "2", "--json", "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0 and "Traceback" not in cap.err
+    res = json.loads(cap.out)
+    assert [m["name"] for m in res["methods"]] == ["nuts"]
+    assert [f["name"] for f in res["failed"]] == ["mvn", "lognormal"]
+    assert all("try a smaller --lr" in f["error"] for f in res["failed"])
+    for name in ("mvn", "lognormal"):
+        assert f"warning: {name}: left out of the comparison" in cap.err
+    assert (out / "comparison.csv").exists() and (out / "inference_data" / "nuts.nc").exists()

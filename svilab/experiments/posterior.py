@@ -119,6 +119,7 @@ class PosteriorResult:
     cavi: CAVIResult
     methods: list[MethodResult]
     histories: dict[str, np.ndarray]
+    failed: dict[str, str]
 
 
 def run(model: PoissonGamma, config: PosteriorConfig, reporter: Reporter) -> PosteriorResult:
@@ -136,13 +137,13 @@ def run(model: PoissonGamma, config: PosteriorConfig, reporter: Reporter) -> Pos
                        num_chains=n["num_chains"], seed=config.seed, init=config.init or "uniform")
         return nuts_method(res)
 
-    methods, histories = run_methods(
+    methods, histories, failed = run_methods(
         config, fit_one, nuts_one, reporter,
         lambda name, cfg, m: (f"fitted {name:9s} in {m.seconds:5.2f} s ({cfg['steps']} steps x {cfg['particles']} "
                               f"particles): ELBO {m.elbo:.5f} ({m.elbo_method}), KL {log_evidence - m.elbo:.5f}"),
         lambda m: (f"NUTS: {config.nuts_settings['num_chains']} chains x {config.nuts_settings['num_samples']} "
                    f"draws in {m.seconds:.1f} s"))
-    return PosteriorResult(model, config, exact, cavi(model), methods, histories)
+    return PosteriorResult(model, config, exact, cavi(model), methods, histories, failed)
 
 
 def write(result: PosteriorResult, folder: RunFolder, reporter: Reporter) -> dict:
@@ -185,8 +186,11 @@ def write(result: PosteriorResult, folder: RunFolder, reporter: Reporter) -> dic
                 "corr": m.correlation(("u", "v")), "seconds": m.seconds, "pareto_k": m.pareto_k,
                 "warnings": m.warnings, **({"details": m.extra} if m.extra else {})}
 
-    return {"log_evidence": log_evidence, "methods": [row(m) for m in methods],
-            "exact": row(exact_row), "cavi": row(cavi_row)}
+    out = {"log_evidence": log_evidence, "methods": [row(m) for m in methods],
+           "exact": row(exact_row), "cavi": row(cavi_row)}
+    if result.failed:
+        out["failed"] = [{"name": k, "error": v} for k, v in result.failed.items()]
+    return out
 
 
 def register(sub) -> None:

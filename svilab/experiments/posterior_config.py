@@ -9,6 +9,7 @@ run folder's ``config.json`` holds. ``svilab demo`` and the tests build configs 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 from svilab.guides import GUIDE_SPECS, guide_name, guide_spec
@@ -118,12 +119,25 @@ class PosteriorConfig:
 def run_methods(config: PosteriorConfig, fit_one, nuts_one, reporter, describe_fit, describe_nuts):
     """The loop both models share: fit every guide of ``config`` (``fit_one(name, schedule) ->
     (MethodResult, loss history)``), then NUTS when asked (``nuts_one() -> MethodResult``), one line
-    each (``describe_fit(name, schedule, method)``, ``describe_nuts(method)``). Returns the methods and
-    the loss histories by guide."""
-    methods, histories = [], {}
+    each (``describe_fit(name, schedule, method)``, ``describe_nuts(method)``).
+
+    A guide whose fit cannot be evaluated (a ``ValueError`` other than the model's own vectorization
+    error, e.g. parameters that ran away to invalid values under a huge ``--lr``) is left out with a
+    ``warning: <guide>: ...`` line on stderr, and the other methods go on; when nothing is left the
+    run stops with that error. Returns the methods, the loss histories by guide and ``{guide: error}``."""
+    from svilab.inference.draws import VectorizationError
+
+    methods, histories, failed = [], {}, {}
     for name in config.guides:
         cfg = config.svi[name]
-        method, history = fit_one(name, cfg)
+        try:
+            method, history = fit_one(name, cfg)
+        except VectorizationError:
+            raise
+        except ValueError as exc:
+            failed[name] = str(exc)
+            print(f"warning: {name}: left out of the comparison: {exc}", file=sys.stderr)
+            continue
         methods.append(method)
         histories[name] = history
         reporter.say(describe_fit(name, cfg, method))
@@ -131,7 +145,9 @@ def run_methods(config: PosteriorConfig, fit_one, nuts_one, reporter, describe_f
         method = nuts_one()
         methods.append(method)
         reporter.say(describe_nuts(method))
-    return methods, histories
+    if not methods:
+        raise ValueError(f"no method could be evaluated: {'; '.join(f'{k}: {v}' for k, v in failed.items())}")
+    return methods, histories, failed
 
 
 __all__ = ["USER_LR", "PosteriorConfig", "default_guides", "run_methods", "settings"]

@@ -182,6 +182,7 @@ class UserPosteriorResult:
     reference: Reference | None
     methods: list[MethodResult]
     histories: dict[str, np.ndarray]
+    failed: dict[str, str]
 
 
 def run_user(um: UserModel, config: PosteriorConfig, reporter: Reporter, reference: Reference | None = None,
@@ -201,7 +202,7 @@ def run_user(um: UserModel, config: PosteriorConfig, reporter: Reporter, referen
                      + f"; observed {', '.join(sites.observed) or 'none'}")
         start = laplace_start(um, sites, reporter) if config.init == "laplace" and config.guides else None
         n = config.nuts_settings
-        methods, histories = run_methods(
+        methods, histories, failed = run_methods(
             config, lambda name, cfg: fit_user_guide(um, name, cfg, config, sites, start),
             lambda: run_user_nuts(um, config, sites), reporter,
             lambda name, cfg, m: (f"fitted {name:9s} in {m.seconds:6.2f} s ({m.extra['steps']} steps x "
@@ -212,7 +213,7 @@ def run_user(um: UserModel, config: PosteriorConfig, reporter: Reporter, referen
         if reference is not None:
             for m in methods:
                 m.warnings += reference_warnings(m.compare(reference), config.max_error)
-    return UserPosteriorResult(um, config, sites, names, reference, methods, histories)
+    return UserPosteriorResult(um, config, sites, names, reference, methods, histories, failed)
 
 
 def write_user(result: UserPosteriorResult, folder: RunFolder, reporter: Reporter) -> dict:
@@ -246,8 +247,11 @@ def write_user(result: UserPosteriorResult, folder: RunFolder, reporter: Reporte
 
         axes = az.plot_trace(methods[-1].idata, var_names=list(result.sites.latent)[:6], compact=True)
         folder.save_figure(axes.ravel()[0].figure, "nuts_trace")
-    return {"model": f"{um.path}:{um.func}", "reference": config.reference,
-            "methods": [method_json(m, reference) for m in methods]}
+    out = {"model": f"{um.path}:{um.func}", "reference": config.reference,
+           "methods": [method_json(m, reference) for m in methods]}
+    if result.failed:
+        out["failed"] = [{"name": k, "error": v} for k, v in result.failed.items()]
+    return out
 
 
 __all__ = ["UserPosteriorResult", "check_user_model", "laplace_start", "nuts_method", "parameter_names",

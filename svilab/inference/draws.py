@@ -80,7 +80,8 @@ def _vectorization_error(exc: Exception, n: int, nesting: int) -> ValueError:
     """A shape error means the model does not vectorize; anything else (invalid distribution
     parameters, NaN) is reported as what it is."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if not any(w in first.lower() for w in _SHAPE_WORDS) or "constraint" in first:
+    invalid = "constraint" in str(exc) or first.startswith("Expected parameter")   # torch's invalid-argument error
+    if not any(w in first.lower() for w in _SHAPE_WORDS) or invalid:
         return ValueError(f"evaluating the model on draws of the posterior approximation failed: {first} (a guide "
                           "whose parameters ran away gives this: try a smaller --lr)")
     return VectorizationError(
