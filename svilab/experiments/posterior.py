@@ -23,7 +23,13 @@ import pyro
 import pyro.distributions as dist
 
 from svilab.experiments.common import Reporter, add_model_args, add_run_args, model_from_args, run_folder
-from svilab.experiments.posterior_config import USER_LR, PosteriorConfig, default_guides, run_methods
+from svilab.experiments.posterior_config import (
+    USER_LR,
+    PosteriorConfig,
+    default_guides,
+    fit_and_evaluate,
+    run_methods,
+)
 from svilab.experiments.posterior_figures import figure_joint, figure_losses, figure_marginals_exact
 from svilab.experiments.posterior_user import (
     check_user_model,
@@ -37,8 +43,6 @@ from svilab.experiments.runs import RunFolder
 from svilab.guides import GUIDE_SPECS, GUIDES, PositiveNormal, guide_spec, make_guide
 from svilab.inference.cavi import CAVIResult, GammaFactor, cavi
 from svilab.inference.cavi import elbo as gamma_elbo
-from svilab.inference.diagnostics import convergence_warnings, importance_warnings, pareto_k_warnings
-from svilab.inference.draws import flat_draws, guide_draws
 from svilab.inference.exact import ExactPosterior
 from svilab.inference.init import INIT_STRATEGIES
 from svilab.inference.losses import LOSSES, command_losses, loss_spec
@@ -47,11 +51,8 @@ from svilab.inference.reference import read_reference
 from svilab.inference.summaries import (
     MethodResult,
     comparison_table,
-    elbo_estimate,
-    guide_inference_data,
     summary,
 )
-from svilab.inference.svi import DivergenceError, fit
 from svilab.models.poisson_gamma import PoissonGamma
 from svilab.models.user import UserModel, float64_default
 
@@ -77,34 +78,22 @@ def exact_guide_elbo(model: PoissonGamma, guide) -> tuple[float, str] | None:
     return None
 
 
-def fit_guide(model: PoissonGamma, name: str, loss: str, alpha: float | None, cfg: dict, seed: int,
-              n_elbo: int, n_draws: int, init: str | None = None) -> tuple[MethodResult, np.ndarray]:
-    """Fit guide ``name`` and evaluate it; returns the method row and the loss history."""
+def fit_guide(model: PoissonGamma, name: str, cfg: dict, config: PosteriorConfig) -> tuple[MethodResult, np.ndarray]:
+    """Fit guide ``name`` and evaluate it (:func:`~svilab.experiments.posterior_config.fit_and_evaluate`),
+    with the exact ELBO where the guide's family has one; returns the method row and the loss history."""
     pyro.clear_param_store()
-    guide = make_guide(name, model.model, init=init)
-    jit = guide_spec(name).jit and loss_spec(loss).jit
-    diverged = []
-    try:
-        result = fit(model.model, guide, loss=loss, alpha=alpha, steps=cfg["steps"], num_particles=cfg["particles"],
-                     lr=cfg["lr"], lr_final=cfg["lr"] / 40, jit=jit, max_plate_nesting=1, seed=seed,
-                     description=f"SVI {name}")
-    except DivergenceError as exc:  # keep the last finite parameters and say so, as for --model
-        result = exc.result
-        diverged = [f"diverged: {exc}; results are from the last finite parameters"]
-    mc = elbo_estimate(model.model, guide, num_samples=n_elbo, seed=seed + 1)
-    exact_value = exact_guide_elbo(model, guide)
-    draws = guide_draws(model.model, guide, num_samples=n_draws, seed=seed + 2)
-    idata = guide_inference_data(model.model, guide, draws=draws)
-    warns = (pareto_k_warnings(mc.pareto_k) + importance_warnings(flat_draws(draws.posterior), draws.log_weights,
-                                                                  mc.pareto_k)
-             + diverged + convergence_warnings(result.history, result.steps_done))
-    method = MethodResult(name, idata, seconds=result.seconds, pareto_k=mc.pareto_k, warnings=warns,
+    guide = make_guide(name, model.model, init=config.init)
+    jit = guide_spec(name).jit and loss_spec(config.loss).jit
+    f = fit_and_evaluate(model.model, guide, name, config, cfg, cfg["lr"], jit, max_plate_nesting=1)
+    mc, result = f.elbo, f.result
+    method = MethodResult(name, f.idata, seconds=result.seconds, pareto_k=mc.pareto_k, warnings=f.warnings,
                           extra={"steps": result.steps_done, "particles": cfg["particles"], "lr": cfg["lr"],
                                  "elbo_mc": mc.value, "elbo_mc_se": mc.se, "final_loss": result.final_loss})
+    exact_value = exact_guide_elbo(model, guide)
     if exact_value is not None:
         method.elbo, method.elbo_se, method.elbo_method = exact_value[0], 0.0, exact_value[1]
     else:
-        method.elbo, method.elbo_se, method.elbo_method = mc.value, mc.se, f"Monte Carlo (n={n_elbo})"
+        method.elbo, method.elbo_se, method.elbo_method = mc.value, mc.se, f"Monte Carlo (n={config.elbo_samples})"
     return method, result.history
 
 
@@ -128,8 +117,7 @@ def run(model: PoissonGamma, config: PosteriorConfig, reporter: Reporter) -> Pos
     log_evidence = exact.log_evidence
 
     def fit_one(name, cfg):
-        return fit_guide(model, name, config.loss, config.alpha, cfg, config.seed, config.elbo_samples,
-                         config.draws, config.init)
+        return fit_guide(model, name, cfg, config)
 
     def nuts_one():
         n = config.nuts_settings

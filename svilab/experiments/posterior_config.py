@@ -116,6 +116,44 @@ class PosteriorConfig:
 
 
 
+@dataclass
+class GuideFit:
+    """One guide fitted and evaluated (:func:`fit_and_evaluate`): the SVI run, the Monte Carlo ELBO
+    with its Pareto k-hat, the draws' InferenceData and every diagnostic that failed."""
+
+    result: object          # svilab.inference.svi.FitResult (the partial one for a diverged run)
+    elbo: object            # svilab.inference.summaries.ELBOEstimate
+    idata: object           # arviz.InferenceData
+    warnings: list[str]
+
+
+def fit_and_evaluate(model, guide, name: str, config: PosteriorConfig, cfg: dict, lr: float, jit: bool,
+                     max_plate_nesting: int, sites=None) -> GuideFit:
+    """What both models do for a guide: SVI with ``cfg``'s schedule (lr decayed 40x; a diverged run keeps
+    its last finite parameters and says so), then from the fitted guide the ELBO with its standard
+    error and Pareto k-hat (``config.elbo_samples`` draws), ``config.draws`` draws with their importance
+    weights for the InferenceData, and the warnings: k-hat, the importance-sampling check of the means,
+    divergence or non-convergence."""
+    from svilab.inference.diagnostics import convergence_warnings, importance_warnings, pareto_k_warnings
+    from svilab.inference.draws import flat_draws, guide_draws
+    from svilab.inference.summaries import elbo_estimate, guide_inference_data
+    from svilab.inference.svi import DivergenceError, fit
+
+    try:
+        result = fit(model, guide, loss=config.loss, alpha=config.alpha, steps=cfg["steps"],
+                     num_particles=cfg["particles"], lr=lr, lr_final=lr / 40, jit=jit,
+                     max_plate_nesting=max_plate_nesting, seed=config.seed, description=f"SVI {name}")
+        fit_warnings = convergence_warnings(result.history, result.steps_done)
+    except DivergenceError as exc:
+        result = exc.result
+        fit_warnings = [f"diverged: {exc}; results are from the last finite parameters"]
+    elbo = elbo_estimate(model, guide, num_samples=config.elbo_samples, seed=config.seed + 1)
+    draws = guide_draws(model, guide, num_samples=config.draws, seed=config.seed + 2, sites=sites)
+    warnings = (pareto_k_warnings(elbo.pareto_k)
+                + importance_warnings(flat_draws(draws.posterior), draws.log_weights, elbo.pareto_k) + fit_warnings)
+    return GuideFit(result, elbo, guide_inference_data(model, guide, draws=draws), warnings)
+
+
 def run_methods(config: PosteriorConfig, fit_one, nuts_one, reporter, describe_fit, describe_nuts):
     """The loop both models share: fit every guide of ``config`` (``fit_one(name, schedule) ->
     (MethodResult, loss history)``), then NUTS when asked (``nuts_one() -> MethodResult``), one line
@@ -150,4 +188,4 @@ def run_methods(config: PosteriorConfig, fit_one, nuts_one, reporter, describe_f
     return methods, histories, failed
 
 
-__all__ = ["USER_LR", "PosteriorConfig", "default_guides", "run_methods", "settings"]
+__all__ = ["USER_LR", "GuideFit", "PosteriorConfig", "default_guides", "fit_and_evaluate", "run_methods", "settings"]

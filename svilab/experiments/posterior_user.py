@@ -20,18 +20,15 @@ import pyro
 import torch
 
 from svilab.experiments.common import Reporter
-from svilab.experiments.posterior_config import USER_LR, PosteriorConfig, run_methods
+from svilab.experiments.posterior_config import USER_LR, PosteriorConfig, fit_and_evaluate, run_methods
 from svilab.experiments.posterior_figures import figure_losses, figure_marginals_reference
 from svilab.experiments.runs import RunFolder
 from svilab.guides import guide_spec, make_guide
 from svilab.inference.diagnostics import (
-    convergence_warnings,
-    importance_warnings,
     mcmc_warnings,
-    pareto_k_warnings,
     reference_warnings,
 )
-from svilab.inference.draws import flat_draws, guide_draws
+from svilab.inference.draws import flat_draws
 from svilab.inference.losses import loss_spec
 from svilab.inference.mcmc import run_nuts
 from svilab.inference.reference import Reference, read_reference, worst_mean_error
@@ -39,13 +36,10 @@ from svilab.inference.sites import model_sites
 from svilab.inference.summaries import (
     MethodResult,
     comparison_table,
-    elbo_estimate,
-    guide_inference_data,
     mcmc_inference_data,
     parameter_table,
     summary,
 )
-from svilab.inference.svi import DivergenceError, fit
 from svilab.models.user import UserModel, float64_default
 
 
@@ -92,31 +86,16 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: PosteriorConfig,
         start_guide_at(guide, start[1], start[0])
     lr = cfg["lr"] if cfg["lr"] is not None else USER_LR["laplace" if use_laplace else "other"]
     jit = guide_spec(name).jit and loss_spec(config.loss).jit
-    warns = []
-    try:
-        result = fit(um.model, guide, loss=config.loss, alpha=config.alpha, steps=cfg["steps"],
-                     num_particles=cfg["particles"], lr=lr, lr_final=lr / 40, jit=jit,
-                     max_plate_nesting=sites.max_plate_nesting, seed=config.seed, description=f"SVI {name}")
-        history, seconds, steps_done = result.history, result.seconds, result.steps_done
-        warns += convergence_warnings(history, steps_done)
-    except DivergenceError as exc:
-        r = exc.result
-        history, seconds, steps_done = r.history, r.seconds, r.steps_done
-        warns.append(f"diverged: {exc}; results are from the last finite parameters")
-    elbo = elbo_estimate(um.model, guide, num_samples=config.elbo_samples, seed=config.seed + 1)
-    warns = pareto_k_warnings(elbo.pareto_k) + warns
-    draws = guide_draws(um.model, guide, num_samples=config.draws, seed=config.seed + 2, sites=sites)
-    warns += importance_warnings(flat_draws(draws.posterior), draws.log_weights, elbo.pareto_k)
-    idata = guide_inference_data(um.model, guide, draws=draws)
-    method = MethodResult(name, idata, elbo=elbo.value, elbo_se=elbo.se,
-                          elbo_method=f"Monte Carlo (n={elbo.num_samples})", seconds=seconds,
-                          pareto_k=elbo.pareto_k, warnings=warns,
-                          extra={"steps": steps_done, "particles": cfg["particles"], "lr": lr,
+    f = fit_and_evaluate(um.model, guide, name, config, cfg, lr, jit, sites.max_plate_nesting, sites=sites)
+    elbo, result = f.elbo, f.result
+    method = MethodResult(name, f.idata, elbo=elbo.value, elbo_se=elbo.se,
+                          elbo_method=f"Monte Carlo (n={elbo.num_samples})", seconds=result.seconds,
+                          pareto_k=elbo.pareto_k, warnings=f.warnings,
+                          extra={"steps": result.steps_done, "particles": cfg["particles"], "lr": lr,
                                  "start": "laplace" if use_laplace else
                                  ("uniform" if config.init == "laplace" else config.init),
-                                 "final_loss": float(np.mean(history[-max(1, len(history) // 10):]))
-                                 if len(history) else None})
-    return method, history
+                                 "final_loss": result.final_loss if len(result.history) else None})
+    return method, result.history
 
 
 def run_user_nuts(um: UserModel, config: PosteriorConfig, sites) -> MethodResult:

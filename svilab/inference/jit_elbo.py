@@ -69,61 +69,59 @@ def _key(model, guide) -> tuple:
     return one(model), one(guide)
 
 
-def _call_compiled(entry: list, args, kwargs):
-    """``entry = [compiled_fn, model, guide, direct]``: the direct call when valid, else Pyro's."""
-    direct = entry[3]
-    if direct is None or not direct.valid(args, kwargs):
-        out = entry[0](*args, **kwargs)                   # Pyro's path (also re-traces for new kwargs)
-        entry[3] = _DirectCall(entry[0], args, kwargs)
-        return out
-    return direct(args)
+class _CompiledPerPair:
+    """One of Pyro's compiled functions per (model, guide) pair (:func:`_key`), called directly after
+    its first call (:class:`_DirectCall`). ``_compiled_attr`` names the attribute where the Pyro class
+    keeps its compiled function; the model and guide are kept alive with it, so ids stay unique."""
 
+    _compiled_attr: str
 
-class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
-    """:class:`pyro.infer.JitTraceMeanField_ELBO` that compiles once per (model, guide) pair."""
-
-    def differentiable_loss(self, model, guide, *args, **kwargs):
+    def _compiled_call(self, build, model, guide, args, kwargs):
+        """``build(model, guide, *args, **kwargs)`` (the Pyro method, which compiles and stores under
+        ``_compiled_attr``) on a pair's first call; afterwards its compiled function, called directly."""
         compiled = self.__dict__.setdefault("_compiled_losses", {})
         key = _key(model, guide)
         if key not in compiled:
-            self._differentiable_loss = None
-            loss = super().differentiable_loss(model, guide, *args, **kwargs)   # builds and stores it
-            compiled[key] = [self._differentiable_loss, model, guide, None]       # keep the pair alive: ids stay unique
-            return loss
-        kwargs["_pyro_model_id"], kwargs["_pyro_guide_id"] = id(compiled[key][1]), id(compiled[key][2])  # as compiled
-        return _call_compiled(compiled[key], args, kwargs)
+            setattr(self, self._compiled_attr, None)             # make Pyro build a new one for this pair
+            out = build(model, guide, *args, **kwargs)
+            compiled[key] = [getattr(self, self._compiled_attr), model, guide, None]
+            return out
+        fn, model0, guide0, direct = compiled[key]
+        kwargs["_pyro_model_id"], kwargs["_pyro_guide_id"] = id(model0), id(guide0)   # the ids it was traced with
+        if direct is None or not direct.valid(args, kwargs):
+            out = fn(*args, **kwargs)                      # Pyro's path (also re-traces for new kwargs)
+            compiled[key][3] = _DirectCall(fn, args, kwargs)
+            return out
+        return direct(args)
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_compiled_losses", None)
-        state.pop("_differentiable_loss", None)
+        state.pop(self._compiled_attr, None)
         return state
 
 
-class JitTrace_ELBO(pyro.infer.JitTrace_ELBO):
+class JitTraceMeanField_ELBO(_CompiledPerPair, pyro.infer.JitTraceMeanField_ELBO):
+    """:class:`pyro.infer.JitTraceMeanField_ELBO` that compiles once per (model, guide) pair."""
+
+    _compiled_attr = "_differentiable_loss"
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        return self._compiled_call(super().differentiable_loss, model, guide, args, kwargs)
+
+
+class JitTrace_ELBO(_CompiledPerPair, pyro.infer.JitTrace_ELBO):
     """:class:`pyro.infer.JitTrace_ELBO` whose ``differentiable_loss`` has the ELBO's gradient,
     compiled per (model, guide) pair and called directly after the first call."""
 
+    _compiled_attr = "_loss_and_surrogate_loss"
+
     def loss_and_surrogate_loss(self, model, guide, *args, **kwargs):
-        compiled = self.__dict__.setdefault("_compiled_losses", {})
-        key = _key(model, guide)
-        if key not in compiled:
-            self._loss_and_surrogate_loss = None
-            out = super().loss_and_surrogate_loss(model, guide, *args, **kwargs)
-            compiled[key] = [self._loss_and_surrogate_loss, model, guide, None]
-            return out
-        kwargs["_pyro_model_id"], kwargs["_pyro_guide_id"] = id(compiled[key][1]), id(compiled[key][2])  # as compiled
-        return _call_compiled(compiled[key], args, kwargs)
+        return self._compiled_call(super().loss_and_surrogate_loss, model, guide, args, kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
         return loss.detach() + (surrogate_loss - surrogate_loss.detach())
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_compiled_losses", None)
-        state.pop("_loss_and_surrogate_loss", None)
-        return state
 
 
 def compile_quietly(loss_fn, model, guide, *args, **kwargs) -> None:

@@ -15,11 +15,12 @@ The likelihood depends on the data only through the sufficient statistics :math:
 
     \log p(x \mid u, v) = S \log(u v) - N u v - \sum_i \log x_i!,
 
-so :meth:`PoissonGamma.log_joint` (the one place the formula is written) costs O(1) per (u, v) whatever N is.
+so :meth:`PoissonGamma.log_joint_positive` (the one place the formula is written) costs O(1) per (u, v) whatever N is.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -81,7 +82,7 @@ class PoissonGamma:
         self.model()
 
     # ------------------------------------------------------------------ densities
-    @property
+    @functools.cached_property
     def log_normaliser(self) -> float:
         r""":math:`\log\kappa = a_u \log b_u + a_v \log b_v - \log\Gamma(a_u) - \log\Gamma(a_v)
         - \sum_i \log x_i!`, the constant of the log joint (used by the exact posterior, CAVI's
