@@ -39,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
              gradients.write_gradients, gradients.run_gradients)):
         if title:
             reporter.say(title)
-        cfg = gradients.SweepConfig(command, (5, 10, 100, 1000), reps=reps, seed=args.seed,
+        cfg = gradients.SweepConfig(command, (5, 10, 100, 1000), reps=reps, seed=args.seed, family="normal",
                                     point=gradients.NOTEBOOK_POINT)
         sub = folder.sub(command)
         sub.write_config({"command": command, **cfg.as_dict(), **model.config()})

@@ -101,7 +101,8 @@ class SweepConfig:
     :ivar command: ``elbo`` (the ELBO value) or ``gradients``.
     :ivar M: samples per estimate, one sweep point each.
     :ivar reps: repetitions per M (>= 2, for a standard deviation).
-    :ivar family: the mean-field family (``normal``, ``lognormal``; ``gaussian`` for a user model).
+    :ivar family: the mean-field family (``normal``, ``lognormal``; ``gaussian`` for a user model; None:
+        the model's own, ``normal`` or ``gaussian``).
     :ivar point: guide parameters (None: the family's default point).
     :ivar estimators: gradient estimators (``gradients`` only; empty: all).
     """
@@ -110,7 +111,7 @@ class SweepConfig:
     M: tuple[int, ...]
     reps: int = 1000
     seed: int = 0
-    family: str = "normal"
+    family: str | None = None
     point: tuple[float, ...] | None = None
     dtype: str = "float64"
     estimators: tuple[str, ...] = ()
@@ -413,7 +414,7 @@ def register(sub) -> None:
 
 def config_from_args(args, command: str) -> SweepConfig:
     """The typed configuration of the command line (the model options are read by :func:`make_lab`)."""
-    return SweepConfig(command, tuple(args.M), reps=args.reps, seed=args.seed, family=args.family or "normal",
+    return SweepConfig(command, tuple(args.M), reps=args.reps, seed=args.seed, family=args.family,
                        dtype=args.dtype, estimators=tuple(getattr(args, "estimators", ()) or ()),
                        boxplots=not getattr(args, "no_boxplots", False),
                        reference_samples=args.reference_samples,
@@ -427,15 +428,16 @@ def make_lab(model, config: SweepConfig, point_text: str | None) -> Lab:
     if isinstance(model, UserModel):
         if config.dtype != "float64":
             raise ValueError("--dtype float32 is for the Poisson-Gamma model; a --model runs in float64")
-        if config.extra.get("family") not in (None, "gaussian"):
+        if config.family not in (None, "gaussian"):
             raise ValueError(f"--family {config.family} is for the Poisson-Gamma model; with --model the family "
                              "is gaussian (a Normal per unconstrained coordinate)")
         return user_lab(model, point_text, config.seed,
                         positive_int(config.reference_samples, "--reference-samples", 128))
     if config.family == "gaussian":
         raise ValueError("--family gaussian needs --model (the Poisson-Gamma latents are positive)")
-    point = DEFAULT_POINTS[config.family] if point_text is None else tuple(parse_floats(point_text, "--point", 4))
-    return poisson_gamma_lab(model, config.family, point)
+    family = config.family or "normal"
+    point = DEFAULT_POINTS[family] if point_text is None else tuple(parse_floats(point_text, "--point", 4))
+    return poisson_gamma_lab(model, family, point)
 
 
 def _main(args, command: str) -> int:

@@ -76,6 +76,13 @@ def _stack2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack((a, b), 1)
 
 
+def _maybe_without_rsample(d, reparameterized: bool):
+    """``d`` as it is, or hiding ``rsample`` (Pyro's ELBOs then use the score function for its site)."""
+    if not reparameterized:
+        d.has_rsample = False
+    return d
+
+
 class Family:
     """Interface of a mean-field family (see module docstring). ``params``: shape (D, 2)."""
 
@@ -267,10 +274,7 @@ class LogNormalFamily(Family):
     def pyro_distribution(self, loc, scale, reparameterized: bool = True):
         import pyro.distributions as dist
 
-        d = dist.LogNormal(loc, scale)
-        if not reparameterized:
-            d.has_rsample = False
-        return d
+        return _maybe_without_rsample(dist.LogNormal(loc, scale), reparameterized)
 
 
 class GaussianFamily(Family):
@@ -315,10 +319,7 @@ class GaussianFamily(Family):
     def pyro_distribution(self, loc, scale, reparameterized: bool = True):
         import pyro.distributions as dist
 
-        d = dist.Normal(loc, scale)
-        if not reparameterized:
-            d.has_rsample = False
-        return d
+        return _maybe_without_rsample(dist.Normal(loc, scale), reparameterized)
 
 
 FAMILIES: dict[str, Family] = {"normal": TruncatedNormalFamily(), "lognormal": LogNormalFamily(),
