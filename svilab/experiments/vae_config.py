@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from svilab.inference.divergences import check_alpha
-from svilab.inference.losses import command_losses, loss_spec
+from svilab.inference.losses import command_loss, command_losses
 from svilab.models.vae import VAEConfig, preset
-from svilab.validation import choice, positive_int
+from svilab.validation import positive_int
 
 #: the objectives ``svilab vae`` trains (:func:`svilab.inference.losses.command_losses`)
 VAE_LOSSES = tuple(command_losses("vae"))
@@ -23,15 +23,9 @@ VAE_LOSSES = tuple(command_losses("vae"))
 
 def vae_loss(name: str) -> str:
     """The objective ``name`` stands for in the VAE: ``elbo``, ``gjs`` or ``dgjs``; every estimator of
-    the ELBO (``trace_elbo``, ``meanfield_elbo``) is ``elbo``, trained with its analytic KL."""
-    key = str(name).lower()
-    if key in VAE_LOSSES:
-        return key
-    try:
-        objective = loss_spec(key).objective
-    except ValueError:
-        objective = None
-    return objective if objective in VAE_LOSSES else choice(name, VAE_LOSSES, "loss")
+    the ELBO (``trace_elbo``, ``meanfield_elbo``) is ``elbo``, trained with its analytic KL
+    (:func:`svilab.inference.losses.command_loss`)."""
+    return command_loss(name, "vae").objective
 
 
 def time_limit(minutes: float | None) -> float | None:

@@ -126,17 +126,25 @@ def command_losses(command: str) -> list[str]:
     return list(dict.fromkeys(s.objective if count[s.objective] == 1 else s.name for s in offered))
 
 
+def _default_for(command: str, objective: str) -> LossSpec | None:
+    return next((s for s in LOSS_SPECS.values() if command in s.default_for and s.objective == objective), None)
+
+
 def command_loss(name: str, command: str) -> LossSpec:
-    """The loss ``name`` stands for in ``command``: an objective's name (``elbo``) picks the
-    command's default estimator of it; a ValueError names the ones the command offers."""
+    """The loss ``name`` stands for in ``command``. An objective's name (``elbo``) picks the command's
+    default estimator of it, and so does a loss the command does not offer whose objective it trains
+    with another estimator (``trace_elbo`` in the VAE is its analytic-KL ``meanfield_elbo``); a
+    ValueError names the losses the command offers."""
     key = str(name).lower()
-    for s in LOSS_SPECS.values():
-        if command in s.default_for and key == s.objective:
-            return s
+    by_objective = _default_for(command, key)
+    if by_objective is not None:
+        return by_objective
     offered = command_losses(command)
     spec = LOSS_SPECS.get(_ALIASES.get(key, key))
     if spec is None:
         choice(name, offered, "loss")
+    if command not in spec.commands and _default_for(command, spec.objective) is not None:
+        return _default_for(command, spec.objective)
     if command not in spec.commands:
         where = " and ".join({"vae": "the VAE"}.get(c, f"svilab {c}") for c in spec.commands)
         raise ValueError(f"loss {name!r} is for {where}; svilab {command} takes: {', '.join(offered)}")
