@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates ./.venv (if missing) and installs svilab in editable mode with its dev extra.
+# Creates ./.venv (if missing) and installs svilab in editable mode with its dev and sweep extras.
 # A second run is instant: the install is skipped while setup.cfg, pyproject.toml and
 # scripts/constraints.txt are unchanged (their hash is kept in .venv/.svilab-stamp).
 # Source it (". scripts/bootstrap.sh") or run it; it leaves the venv's python in $SVILAB_PY.
@@ -20,7 +20,7 @@ _stamp="$(cat "$_root/setup.cfg" "$_root/pyproject.toml" "$_root/scripts/constra
 if [ "$(cat "$_venv/.svilab-stamp" 2>/dev/null || true)" != "$_stamp" ]; then
   echo "[svilab] installing svilab and its dependencies (first run takes a few minutes)" >&2
   "$_venv/bin/python" -m pip install -q --upgrade pip >&2
-  "$_venv/bin/python" -m pip install -q -c "$_root/scripts/constraints.txt" -e "$_root[dev]" >&2
+  "$_venv/bin/python" -m pip install -q -c "$_root/scripts/constraints.txt" -e "$_root[dev,sweep]" >&2
   echo "$_stamp" > "$_venv/.svilab-stamp"
 fi
 export SVILAB_PY="$_venv/bin/python"

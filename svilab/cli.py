@@ -21,11 +21,64 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+class UsageError(ValueError):
+    """A command line argparse cannot read (raised instead of exiting by parsers made with
+    ``raise_errors=True``, as :func:`parse_command` makes them)."""
+
+
+class SvilabParser(argparse.ArgumentParser):
+    """argparse's parser, remembering its sub-commands (``subcommands.choices``) and, with
+    ``raise_errors``, raising :class:`UsageError` instead of printing the usage and exiting."""
+
+    raise_errors = False
+    subcommands = None
+
+    def add_subparsers(self, **kwargs):
+        self.subcommands = super().add_subparsers(**kwargs)
+        return self.subcommands
+
+    def error(self, message):
+        if self.raise_errors:
+            raise UsageError(message)
+        super().error(message)
+
+
+def command_parsers(parser: argparse.ArgumentParser | None = None, prefix: str = "") -> dict[str, SvilabParser]:
+    """``{"posterior": parser, "vae train": parser, ...}``: the parser of every command (leaves only)."""
+    parser = parser or build_parser()
+    out = {}
+    for name, p in (parser.subcommands.choices.items() if parser.subcommands else ()):
+        full = f"{prefix}{name}"
+        if p.subcommands is not None:
+            out.update(command_parsers(p, full + " "))
+        else:
+            out[full] = p
+    return out
+
+
+def parse_command(command: str, argv: list[str]) -> argparse.Namespace:
+    """The options of ``svilab COMMAND ARGV`` as argparse reads them, without running anything.
+
+    :raises UsageError: one line, argparse's own message (an unknown option, a value of the wrong
+        type or not among the choices).
+    """
+    words = command.split()
+    parser = build_parser()
+    for p in [parser, *command_parsers(parser).values()]:
+        p.raise_errors = True
+    if command not in command_parsers(parser):
+        raise UsageError(f"unknown command {command!r}")
+    threads, rest = _take_threads([*words, *argv])
+    args = parser.parse_args(rest)
+    args.threads = threads if threads is not None else args.threads
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     from svilab import __version__
-    from svilab.experiments import demo, exact, gradients, posterior, vae
+    from svilab.experiments import demo, exact, gradients, posterior, sweep, vae
 
-    parser = argparse.ArgumentParser(
+    parser = SvilabParser(
         prog="svilab",
         description="Variational-inference experiments on top of Pyro. Each command writes a "
                     "run folder (config.json, results.json, tables, figures).")
@@ -36,12 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
                              "several runs at once share the cores (see svilab/threads.py)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (demo, exact, gradients, posterior, vae):
+    for module in (demo, exact, gradients, posterior, vae, sweep):
         module.register(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def command_name(args: argparse.Namespace) -> str:
+    """``posterior``, ``vae train``, ...: the command ``args`` were parsed for."""
+    return " ".join(w for w in (args.command, getattr(args, "vae_command", None)) if w)
+
+
+def main(argv: list[str] | None = None, handle_signals: bool = True) -> int:
+    """Run ``svilab ARGV`` in this process; returns the exit status (0 done, 2 bad input or a run that
+    cannot go on, 130/143 interrupted). Every run folder the command opened ends with its status
+    (:func:`svilab.experiments.runs.command_folders`). ``handle_signals``: turn SIGTERM into a clean
+    stop (off where the caller owns the signals, as a Ray worker does)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
     warnings.filterwarnings("ignore", message=".*torch.jit.trace.*is deprecated")  # Pyro's JIT ELBOs/NUTS
@@ -51,32 +113,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if threads is None:
         threads = args.threads
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
-        else None
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) \
+        if handle_signals and threading.current_thread() is threading.main_thread() else None
+    from svilab.experiments.runs import command_folders
+
     try:
-        from svilab.threads import apply_thread_policy
+        with command_folders():
+            from svilab.threads import apply_thread_policy
 
-        apply_thread_policy(threads)
-        seed = getattr(args, "seed", None)
-        if seed is not None and not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"--seed must be an integer in [0, {MAX_SEED}], got {seed}")
-        return int(args.func(args) or 0)
+            apply_thread_policy(threads)
+            seed = getattr(args, "seed", None)
+            if seed is not None and not 0 <= seed <= MAX_SEED:
+                raise ValueError(f"--seed must be an integer in [0, {MAX_SEED}], got {seed}")
+            return int(args.func(args) or 0)
     except ValueError as exc:  # bad input: a clear message, no stack trace, no half-written run folder
-        from svilab.experiments.runs import discard_unfinished
-
-        discard_unfinished()
-        print(f"svilab {args.command}: error: {exc}", file=sys.stderr)
+        print(f"svilab {command_name(args)}: error: {exc}", file=sys.stderr)
         return 2
-    except Exception:  # a bug: the traceback is shown, but no half-written run folder is left
-        from svilab.experiments.runs import discard_unfinished
-
-        discard_unfinished()
-        raise
     except Terminated:
-        print(f"svilab {args.command}: terminated (SIGTERM); files already written are kept", file=sys.stderr)
+        print(f"svilab {command_name(args)}: terminated (SIGTERM); files already written are kept", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print(f"svilab {args.command}: interrupted", file=sys.stderr)
+        print(f"svilab {command_name(args)}: interrupted", file=sys.stderr)
         return 130
     finally:
         if previous is not None:

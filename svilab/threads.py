@@ -61,12 +61,20 @@ def choose_threads(option: str | int | None = None, environ: dict | None = None)
 
 
 def apply_thread_policy(option: str | int | None = None) -> int:
-    """Set torch's intra-op threads by :func:`choose_threads` and return the number."""
+    """Set torch's intra-op threads, and the BLAS/OpenMP threads numpy and SciPy use (threadpoolctl),
+    by :func:`choose_threads`; returns the number. Both matter for the numbers: a BLAS sum split over
+    another number of threads rounds differently in the last bit."""
     import torch
 
     n = choose_threads(option)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:        # an install without threadpoolctl: torch's threads only
+        pass
     return n
 
 

@@ -77,7 +77,9 @@ def test_a_folder_in_use_by_a_live_process_is_refused_and_a_stale_lock_is_taken(
         RunFolder("x", out=out)
     (out / LOCK).write_text("999999999")                  # no such process: stale
     folder = RunFolder("x", out=out)
-    assert (folder.path / LOCK).read_text() == str(os.getpid())
+    assert json.loads((folder.path / LOCK).read_text())["pid"] == os.getpid()
+    folder.finish()
+    assert not (folder.path / LOCK).exists() and json.loads((out / "status.json").read_text())["status"] == "finished"
 
 
 def test_two_processes_on_one_out_one_wins_the_other_says_why(tmp_path):
@@ -351,7 +353,7 @@ def test_ctrl_c_in_the_first_epoch_does_not_advise_a_resume(tmp_path, capsys, mo
                  "--out", str(tmp_path / "r")]) == 130
     out = capsys.readouterr()
     assert "nothing to resume" in out.out and "--resume" not in out.out
-    assert "svilab vae: interrupted" in out.err
+    assert "svilab vae train: interrupted" in out.err
 
 
 def test_an_odd_number_of_guide_draws_is_kept_whole(tmp_path):

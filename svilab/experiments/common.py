@@ -80,8 +80,8 @@ class Reporter:
             return
         print(text, file=sys.stderr if self.json_mode else sys.stdout, flush=True)
 
-    def table(self, title: str, df: pd.DataFrame, floatfmt: str = ".6g") -> None:
-        self.say(f"\n{title}\n" + markdown(df, floatfmt))
+    def table(self, title: str, df: pd.DataFrame, floatfmt: str = ".6g", index: bool = True) -> None:
+        self.say(f"\n{title}\n" + markdown(df, floatfmt, index=index))
 
     def emit_json(self, obj) -> None:
         if self.json_mode:

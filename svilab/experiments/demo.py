@@ -29,7 +29,9 @@ def main(args: argparse.Namespace) -> int:
     folder.write_config({"command": "demo", "seed": args.seed, **model.config()})
 
     reporter.say("== 1. Exact posterior and mean-field CAVI ==")
-    results["exact"] = exact.write(exact.run(model), folder.sub("exact"), reporter)
+    sub = folder.sub("exact")
+    results["exact"] = exact.write(exact.run(model), sub, reporter)
+    sub.finish()
 
     reporter.say("\n== 2. Monte Carlo ELBO estimator (notebook 1.1) ==")
     lab = gradients.poisson_gamma_lab(model, "normal", gradients.NOTEBOOK_POINT)
@@ -45,6 +47,7 @@ def main(args: argparse.Namespace) -> int:
         sub.write_config({"command": command, **cfg.as_dict(), **model.config()})
         results[command] = write(run(lab, cfg), sub, reporter)
         sub.write_results(results[command])
+        sub.finish()
 
     reporter.say("\n== 4. SVI with five guides and NUTS vs the exact posterior ==")
     sub = folder.sub("posterior")
@@ -52,6 +55,7 @@ def main(args: argparse.Namespace) -> int:
     sub.write_config(cfg.as_dict())
     results["posterior"] = posterior.write(posterior.run(model, cfg, reporter), sub, reporter)
     sub.write_results(results["posterior"])
+    sub.finish()
 
     results["seconds"] = time.perf_counter() - t0
     folder.write_results(results)

@@ -72,16 +72,23 @@ def poisson_gamma_lab(model: PoissonGamma, family: str, point) -> Lab:
     return Lab(target, family, tuple(point), PARAM_NAMES, elbo, elbo_se, grad, grad_se, method)
 
 
-def user_lab(um, point_text: str | None, seed: int, reference_samples: int = REFERENCE_SAMPLES) -> Lab:
-    """The estimators on a user model's unconstrained space with the mean-field ``gaussian`` family."""
+def user_target_and_point(um, point_text: str | None):
+    """The unconstrained target of a user model and the guide point (default: loc 0, scale 0.1 per
+    coordinate, where AutoNormal starts SVI); a ``--point`` of the wrong length is a ValueError."""
     from svilab.experiments.posterior_user import check_user_model
     from svilab.inference.potential import UnconstrainedTarget
 
     target = UnconstrainedTarget(um.model, check_user_model(um))
     if point_text is None:
-        point = tuple(v for _ in range(target.dim) for v in (0.0, 0.1))  # where AutoNormal starts SVI
+        point = tuple(v for _ in range(target.dim) for v in (0.0, 0.1))
     else:
         point = tuple(parse_floats(point_text, "--point", 2 * target.dim))
+    return target, point
+
+
+def user_lab(um, point_text: str | None, seed: int, reference_samples: int = REFERENCE_SAMPLES) -> Lab:
+    """The estimators on a user model's unconstrained space with the mean-field ``gaussian`` family."""
+    target, point = user_target_and_point(um, point_text)
     names = tuple(f"{kind}[{n}]" for n in target.names for kind in ("loc", "scale"))
     elbo, elbo_se, grad, grad_se, method = exact_reference(target, "gaussian", point, seed, reference_samples)
     if not (np.isfinite(grad).all() and math.isfinite(elbo)):
@@ -421,8 +428,9 @@ def config_from_args(args, command: str) -> SweepConfig:
                        extra={k: v for k, v in vars(args).items() if k not in ("func", "M", "estimators")})
 
 
-def make_lab(model, config: SweepConfig, point_text: str | None) -> Lab:
-    """The lab of the Poisson-Gamma model or a user's model (then the family is ``gaussian``)."""
+def check_lab(model, config: SweepConfig, point_text: str | None) -> tuple[str, tuple[float, ...] | None]:
+    """The family and point of the lab, checked against the model without computing anything
+    (the point is None for a user model: it needs the model's dimension, checked in :func:`make_lab`)."""
     from svilab.models.user import UserModel
 
     if isinstance(model, UserModel):
@@ -431,21 +439,42 @@ def make_lab(model, config: SweepConfig, point_text: str | None) -> Lab:
         if config.family not in (None, "gaussian"):
             raise ValueError(f"--family {config.family} is for the Poisson-Gamma model; with --model the family "
                              "is gaussian (a Normal per unconstrained coordinate)")
-        return user_lab(model, point_text, config.seed,
-                        positive_int(config.reference_samples, "--reference-samples", 128))
+        positive_int(config.reference_samples, "--reference-samples", 128)
+        return "gaussian", None
     if config.family == "gaussian":
         raise ValueError("--family gaussian needs --model (the Poisson-Gamma latents are positive)")
     family = config.family or "normal"
     point = DEFAULT_POINTS[family] if point_text is None else tuple(parse_floats(point_text, "--point", 4))
+    return family, point
+
+
+def make_lab(model, config: SweepConfig, point_text: str | None) -> Lab:
+    """The lab of the Poisson-Gamma model or a user's model (then the family is ``gaussian``)."""
+    family, point = check_lab(model, config, point_text)
+    if point is None:
+        return user_lab(model, point_text, config.seed, config.reference_samples)
     return poisson_gamma_lab(model, family, point)
+
+
+def prepare(args, command: str):
+    """The typed configuration and the model of the command line, checked (family, point, options)
+    without computing the exact reference; nothing is run and no folder is made."""
+    from svilab.models.user import UserModel, float64_default
+
+    config = config_from_args(args, command)
+    model = model_from_args(args)
+    with float64_default():
+        check_lab(model, config, args.point)
+        if isinstance(model, UserModel):
+            user_target_and_point(model, args.point)
+    return config, model
 
 
 def _main(args, command: str) -> int:
     """Shared body of both commands: config, model, lab, run folder, run, write, JSON."""
     from svilab.models.user import float64_default
 
-    config = config_from_args(args, command)
-    model = model_from_args(args)
+    config, model = prepare(args, command)
     reporter = Reporter(args.json)
     with float64_default():
         lab = make_lab(model, config, args.point)

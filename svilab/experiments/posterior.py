@@ -37,6 +37,7 @@ from svilab.experiments.posterior_user import (
     parameter_names,
     report_warnings,
     run_user,
+    write_histories,
     write_user,
 )
 from svilab.experiments.runs import RunFolder
@@ -139,7 +140,6 @@ def write(result: PosteriorResult, folder: RunFolder, reporter: Reporter) -> dic
     model, config, exact, q, methods = result.model, result.config, result.exact, result.cavi, result.methods
     log_evidence = exact.log_evidence
     reference = {k: (exact.mean[k], exact.sd[k]) for k in ("u", "v")}
-    (folder.path / "inference_data").mkdir(exist_ok=True)
     exact_row = MethodResult("exact", elbo=log_evidence, elbo_se=0.0, elbo_method="quadrature (log p(x))",
                              moments=reference, corr=exact.corr)
     cavi_row = MethodResult("cavi", elbo=q.elbo, elbo_se=0.0, elbo_method="closed form",
@@ -152,13 +152,14 @@ def write(result: PosteriorResult, folder: RunFolder, reporter: Reporter) -> dic
     for m in methods:
         s = summary(m.idata, ["u", "v"])
         folder.write_table(f"summary_{m.name}", s)
-        m.idata.to_netcdf(folder.path / "inference_data" / f"{m.name}.nc")
+        folder.write_netcdf(f"inference_data/{m.name}.nc", m.idata)
         if m.name == "nuts":
             reporter.table("az.summary of NUTS", s)
     folder.save_figure(figure_joint(exact, methods), "posterior_joint")
     folder.save_figure(figure_marginals_exact(exact, methods), "posterior_marginals")
     if result.histories:
         folder.save_figure(figure_losses(result.histories, config.loss, log_evidence), "svi_loss")
+        write_histories(folder, result.histories)
     if config.nuts:
         import arviz as az
 
@@ -244,22 +245,42 @@ def config_from_args(args: argparse.Namespace, model) -> PosteriorConfig:
         reference=args.reference, max_error=args.max_error)
 
 
-def main(args: argparse.Namespace) -> int:
+@dataclass
+class Prepared:
+    """Everything ``svilab posterior`` checks before it makes a run folder: the model, the typed
+    configuration and, for a ``--model``, its sites and the reference draws."""
+
+    model: object
+    config: PosteriorConfig
+    sites: object = None
+    reference: object = None
+
+
+def prepare(args: argparse.Namespace) -> Prepared:
+    """The model and configuration of the command line, every file and option checked (one-line
+    ValueErrors naming the option or file); nothing is run and no folder is made."""
     model = model_from_args(args)
     config = config_from_args(args, model)
+    if not isinstance(model, UserModel):
+        return Prepared(model, config)
+    with float64_default():
+        sites = check_user_model(model)
+        reference = read_reference(args.reference) if args.reference else None
+        if reference is not None:
+            reference.check_names(parameter_names(sites), f"reference file {args.reference}")
+    return Prepared(model, config, sites, reference)
+
+
+def main(args: argparse.Namespace) -> int:
+    p = prepare(args)
+    model, config = p.model, p.config
     reporter = Reporter(args.json)
-    if isinstance(model, UserModel):  # everything that can be wrong with the files, before any folder exists
-        with float64_default():
-            sites = check_user_model(model)
-            reference = read_reference(args.reference) if args.reference else None
-            if reference is not None:
-                reference.check_names(parameter_names(sites), f"reference file {args.reference}")
     folder = run_folder(args, "posterior")
     folder.write_config(config.as_dict())
     t0 = time.perf_counter()
     if isinstance(model, UserModel):
         with float64_default():
-            results = write_user(run_user(model, config, reporter, reference=reference, sites=sites), folder,
+            results = write_user(run_user(model, config, reporter, reference=p.reference, sites=p.sites), folder,
                                  reporter)
     else:
         results = write(run(model, config, reporter), folder, reporter)
@@ -270,4 +291,5 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["LOSSES", "PosteriorConfig", "PosteriorResult", "fit_guide", "register", "run", "write"]
+__all__ = ["LOSSES", "PosteriorConfig", "PosteriorResult", "Prepared", "fit_guide", "prepare", "register", "run",
+           "write"]

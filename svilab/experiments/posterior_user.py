@@ -127,6 +127,16 @@ def report_warnings(methods: list[MethodResult], reporter: Reporter) -> None:
         reporter.say("\nNo warnings: every diagnostic passed.")
 
 
+def write_histories(folder: RunFolder, histories: dict) -> None:
+    """``svi_loss.csv``: each guide's SVI loss per step (one column per guide), what ``svi_loss.png``
+    draws, for tools (``svilab sweep`` reads it for TensorBoard and its curves)."""
+    if histories:
+        import pandas as pd
+
+        df = pd.DataFrame({k: pd.Series(np.asarray(v, dtype=float)) for k, v in histories.items()})
+        folder.write_csv("svi_loss.csv", df.rename_axis("step"))
+
+
 def method_json(m: MethodResult, reference: Reference | None) -> dict:
     params = m.compare(reference) if reference is not None else \
         {k: {"mean": a, "sd": b} for k, (a, b) in m.mean_sd().items()}
@@ -199,7 +209,6 @@ def write_user(result: UserPosteriorResult, folder: RunFolder, reporter: Reporte
     """The comparison and per-parameter tables, summaries, InferenceData, figures and warnings of a
     user's model; returns the JSON."""
     um, config, reference, methods, names = result.model, result.config, result.reference, result.methods, result.names
-    (folder.path / "inference_data").mkdir(exist_ok=True)
     table = comparison_table(methods, reference, per_parameter=len(names) <= 4)
     if "warnings" not in table:
         table["warnings"] = ""
@@ -214,13 +223,14 @@ def write_user(result: UserPosteriorResult, folder: RunFolder, reporter: Reporte
                                       if reference else ""), shown)
     for m in methods:
         folder.write_table(f"summary_{m.name}", summary(m.idata))
-        m.idata.to_netcdf(folder.path / "inference_data" / f"{m.name}.nc")
+        folder.write_netcdf(f"inference_data/{m.name}.nc", m.idata)
     report_warnings(methods, reporter)
     shown = [n for n in names if reference is None or n in reference.mean] or names
     folder.save_figure(figure_marginals_reference(methods, reference.draws if reference is not None else None, shown),
                        "posterior_marginals")
     if result.histories:
         folder.save_figure(figure_losses(result.histories, config.loss), "svi_loss")
+        write_histories(folder, result.histories)
     if config.nuts:
         import arviz as az
 
@@ -234,4 +244,4 @@ def write_user(result: UserPosteriorResult, folder: RunFolder, reporter: Reporte
 
 
 __all__ = ["UserPosteriorResult", "check_user_model", "laplace_start", "nuts_method", "parameter_names",
-           "report_warnings", "run_user", "write_user"]
+           "report_warnings", "run_user", "write_histories", "write_user"]

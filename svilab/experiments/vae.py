@@ -79,7 +79,7 @@ def train(config: VAERunConfig, folder: RunFolder, data: MNISTData, reporter: Re
     stored = config.as_dict()
 
     def checkpoint(state: dict) -> None:
-        save_checkpoint(folder.path / CHECKPOINT, {**state, "config": stored})
+        save_checkpoint(folder.file(CHECKPOINT), {**state, "config": stored})
 
     limit = config.time_limit_minutes
     try:
@@ -129,7 +129,7 @@ def run_one(config: VAERunConfig, folder: RunFolder, data: MNISTData, reporter: 
               "seconds_per_epoch": out.seconds_per_epoch, "epochs": len(out.history),
               "parameters": count_parameters(vae), "history": out.history}
     folder.write_results(result)
-    pd.DataFrame(out.history).set_index("epoch").to_csv(folder.path / "history.csv")
+    folder.write_csv("history.csv", pd.DataFrame(out.history).set_index("epoch"))
     run = {**result, "model": vae}
     save_figures(folder, [run], data)
     return run
@@ -275,16 +275,29 @@ def _resume(args: argparse.Namespace) -> tuple[VAERunConfig, dict, RunFolder]:
     return config, state, folder
 
 
+def prepare_train(args: argparse.Namespace, data_cache: dict | None = None) -> tuple[VAERunConfig, MNISTData]:
+    """The configuration of a new training run and its data, checked (options, MNIST files); nothing
+    is trained and no folder is made. ``data_cache``: data already loaded, by ``(root, binary,
+    validation, limit)`` (``svilab sweep`` checks many settings against the same files)."""
+    config = run_config(args, args.loss, args.alpha)
+    if args.data_root is None and os.environ.get("SVILAB_DATA"):
+        config = config.with_(data_root=absolute(os.environ["SVILAB_DATA"]))
+    key = (config.data_root, config.vae.binarize, config.validation, config.limit)
+    if data_cache is not None and key in data_cache:
+        return config, data_cache[key]
+    data = get_data(config)
+    if data_cache is not None:
+        data_cache[key] = data
+    return config, data
+
+
 def main_train(args: argparse.Namespace) -> int:
     reporter = Reporter(args.json)
     if args.resume:
         config, state, folder = _resume(args)
         reporter.say(f"resuming {folder} after epoch {state['epoch'] + 1} of {config.epochs}")
     else:
-        config = run_config(args, args.loss, args.alpha)
-        if args.data_root is None and os.environ.get("SVILAB_DATA"):
-            config = config.with_(data_root=absolute(os.environ["SVILAB_DATA"]))
-        data = get_data(config)          # data problems are reported before a run folder exists
+        config, data = prepare_train(args)      # data problems are reported before a run folder exists
         state, folder = None, RunFolder("vae-train", out=args.out, mode="overwrite" if args.overwrite else "new")
     if state is not None:
         data = get_data(config)
@@ -318,7 +331,9 @@ def main_compare(args: argparse.Namespace) -> int:
     for cfg in configs:
         name = cfg.name
         try:
-            runs.append(run_one(cfg, folder.sub(name), data, reporter))
+            sub = folder.sub(name)
+            runs.append(run_one(cfg, sub, data, reporter))
+            sub.finish()
         except DivergenceError as exc:
             raise ValueError(f"run {name}: {exc}") from None
     table = summary_table(runs)
@@ -332,4 +347,4 @@ def main_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["VAERunConfig", "evaluate", "make_vae_loss", "register", "run_config", "train"]
+__all__ = ["VAERunConfig", "evaluate", "make_vae_loss", "prepare_train", "register", "run_config", "train"]

@@ -13,7 +13,6 @@ epoch to ``on_epoch`` (``svilab vae train`` writes its checkpoint there) and rai
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from svilab.data.mnist import MNISTData, binarize
+from svilab.files import atomic_write
 from svilab.inference import vae_eval
 from svilab.inference.jit_elbo import compile_quietly
 from svilab.inference.optim import GuardedAdam
@@ -69,11 +69,10 @@ def objective_per_image(loss_fn, vae: VAE, x: torch.Tensor, batch: int = 1000) -
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """``torch.save`` to a per-process temporary name, then an atomic rename: an interrupted save
-    never leaves a broken checkpoint, and two writers never share a temporary file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` to a per-process temporary name, flushed and renamed (:func:`svilab.files.atomic_write`):
+    an interrupted save or a full disk never leaves a broken checkpoint (the previous one stays), and two
+    writers never share a temporary file. A failed write raises :class:`svilab.files.WriteError`."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 @dataclass
