@@ -425,7 +425,8 @@ def config_from_args(args, command: str) -> SweepConfig:
                        dtype=args.dtype, estimators=tuple(getattr(args, "estimators", ()) or ()),
                        boxplots=not getattr(args, "no_boxplots", False),
                        reference_samples=args.reference_samples,
-                       extra={k: v for k, v in vars(args).items() if k not in ("func", "M", "estimators")})
+                       extra={k: v for k, v in vars(args).items()
+                              if k not in ("func", "M", "estimators", "json", "overwrite", "out")})
 
 
 def check_lab(model, config: SweepConfig, point_text: str | None) -> tuple[str, tuple[float, ...] | None]:

@@ -319,10 +319,10 @@ class RunFolder:
                 if holder is not None:
                     raise RunFolderError(f"run folder {self.path} is in use by {_holder_text(holder)} (if that "
                                          f"process is gone, remove {lock})") from None
-                mine = read_lock(self.path)
-                if mine and mine["pid"] == os.getpid() and mine["host"] == _host() and _held_here(self.path):
-                    raise RunFolderError(f"run folder {self.path} is already open in this process") from None
-                lock.unlink(missing_ok=True)       # stale: its process has ended
+                for f in [f for f in _OPEN if f.path.resolve() == self.path.resolve()]:
+                    f.closed = True                # this process takes its own folder again: the old handle goes
+                    _OPEN.remove(f)
+                lock.unlink(missing_ok=True)       # stale (its process has ended) or ours
                 continue
             except OSError as exc:
                 raise RunFolderError(f"cannot create run folder {self.path}: {exc.strerror or exc}") from None

@@ -43,6 +43,7 @@ def trial_record(trial: Trial, spec: SweepSpec, result: dict) -> dict:
     return {"index": trial.index, "setting": trial.setting, "setting_key": trial.setting_key, "seed": trial.seed,
             "status": result["status"], "error": result.get("error"), "folder": trial.folder,
             "seconds": result.get("seconds"), "node": result.get("node"), "host": result.get("host"),
+            "started_at": result.get("started_at"), "import_seconds": result.get("import_seconds"),
             "command": spec.command, "argv": list(trial.argv),
             "metrics": result.get("metrics") or {}, "units": result.get("units") or {}}
 
@@ -128,6 +129,9 @@ def summary_wide(sj: dict) -> pd.DataFrame:
     for r in sj["summary"]:
         key = (*(str(r["setting"].get(a)) for a in axes), r["unit_label"])
         row = cells.setdefault(key, {})
+        if r["metric"] is None:
+            row["trials"] = f"all {r['failed']} failed"
+            continue
         text = _fmt(r["mean"])
         if r["ci_low"] is not None:
             text += f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
@@ -220,7 +224,8 @@ def figure_metric(sj: dict, metric: str, seeds_values: dict):
     as dots; x is a numeric grid axis or M when there is one, else the settings."""
     import matplotlib.pyplot as plt
 
-    rows = [r for r in sj["summary"] if metrics_mod.base_name(r["metric"]) == metric and r["mean"] is not None]
+    rows = [r for r in sj["summary"] if r["metric"] is not None and metrics_mod.base_name(r["metric"]) == metric
+            and r["mean"] is not None]
     if not rows:
         return None
     labels = [_labels(r) for r in rows]
@@ -381,7 +386,7 @@ def write_figures(folder: Path, spec: SweepSpec, trials: list[Trial], records: d
             for m, v in values.items():
                 if v is not None:
                     seeds_values.setdefault((label, m, t.setting_key), []).append(v)
-    metric_names = list(dict.fromkeys(metrics_mod.base_name(r["metric"]) for r in sj["summary"]))
+    metric_names = list(dict.fromkeys(metrics_mod.base_name(r["metric"]) for r in sj["summary"] if r["metric"]))
     figs = {f"metric_{m}": figure_metric(sj, m, seeds_values) for m in metric_names[:MAX_METRIC_FIGURES]}
     figs["paired"] = figure_paired(sj, metric_names)
     if spec.command in metrics_mod.CURVE:

@@ -414,6 +414,11 @@ class SweepSpec:
             for k, v in trial.options.items():
                 if k.replace("_", "-") == opt or (opt.startswith("no-") and k.replace("_", "-") == opt[3:]):
                     return _cite(trial.sources.get(k, "options"), k, v)
+        # a message that quotes a value ("unknown guide 'banana'"): the grid's value first, then a fixed one
+        for k, v in sorted(trial.options.items(), key=lambda kv: trial.sources.get(kv[0], "") == "options"):
+            for item in (v if isinstance(v, list) else [v]):
+                if isinstance(item, str) and len(item) > 1 and repr(item) in message:
+                    return _cite(trial.sources.get(k, "options"), k, v)
         return f"setting {trial.setting_key}" if trial.setting else "options"
 
     # -------------------------------------------------------------- recording

@@ -67,6 +67,11 @@ def summarize(trials: list[dict], settings: list[tuple[str, dict]], seeds: list[
     out = []
     for key, setting in settings:
         sub = df[df.setting_key == key]
+        ended = [t for t in trials if t["setting_key"] == key]
+        if sub.empty and ended:          # every trial of the setting failed: say so, with no metric
+            out.append({"setting": setting, "unit": {}, "unit_label": None, "metric": None, "n": 0, "mean": None,
+                        "sd": None, "ci_low": None, "ci_high": None, "failed": len(seeds)})
+            continue
         for label in dict.fromkeys(sub.unit_label):
             u = sub[sub.unit_label == label]
             for metric in dict.fromkeys(u.metric):

@@ -135,12 +135,16 @@ def run_trial(command: str, argv: list[str], inputs: dict[str, bytes] | None = N
               keep: tuple[str, ...] | None = None) -> dict:
     """Run one trial here (in a Ray worker) and return its record: ``status`` (``done``/``failed``),
     ``error``, ``seconds``, ``node``, ``host``, ``pid``, ``metrics``, ``units`` and ``archive`` (the run
-    folder, see :func:`pack`). A KeyboardInterrupt (the task cancelled) propagates."""
+    folder, see :func:`pack`), ``started_at`` (wall clock) and ``import_seconds`` (the worker's first
+    imports of torch, Pyro and svilab; 0 once the worker is warm). A KeyboardInterrupt (the task
+    cancelled) propagates."""
+    started_at, t0 = time.time(), time.perf_counter()
     from svilab import cli
     from svilab.experiments.runs import STATUS, dumps
     from svilab.sweep.metrics import extract
 
-    t0 = time.perf_counter()
+    cli.build_parser()                 # imports every command's modules (torch, Pyro, ArviZ...)
+    import_seconds = time.perf_counter() - t0
     work = Path(tempfile.mkdtemp(prefix="svilab-trial-"))
     out = work / "run"
     try:
@@ -167,7 +171,7 @@ def run_trial(command: str, argv: list[str], inputs: dict[str, bytes] | None = N
             write_tensorboard(out, command, metrics)
         return {"status": "done" if rc == 0 else "failed", "error": error, "seconds": time.perf_counter() - t0,
                 "node": _node(), "host": socket.gethostname(), "pid": os.getpid(), "metrics": metrics,
-                "units": units, "archive": pack(out)}
+                "units": units, "archive": pack(out), "started_at": started_at, "import_seconds": import_seconds}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
