@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None, handle_signals: bool = True) -> int:
         threads = args.threads
     previous = signal.signal(signal.SIGTERM, _on_sigterm) \
         if handle_signals and threading.current_thread() is threading.main_thread() else None
-    from svilab.experiments.runs import command_folders
+    from svilab.experiments.runs import command_folders, set_command_line
 
+    set_command_line(["svilab", *(sys.argv[1:] if argv is None else argv)])
     try:
         with command_folders():
             from svilab.threads import apply_thread_policy

@@ -391,3 +391,63 @@ def test_a_guide_that_ran_away_is_left_out_and_the_rest_of_the_run_is_kept(tmp_p
     for name in ("mvn", "lognormal"):
         assert f"warning: {name}: left out of the comparison" in cap.err
     assert (out / "comparison.csv").exists() and (out / "inference_data" / "nuts.nc").exists()
+
+
+# ----------------------------------------------------------------------------- the run-folder protocol (#20)
+def test_status_json_says_how_a_run_ended(tmp_path, capsys, monkeypatch):
+    from svilab.experiments import exact
+    from svilab.experiments.runs import read_status
+
+    assert main(["exact", "--out", str(tmp_path / "ok")]) == 0
+    st = read_status(tmp_path / "ok")
+    assert st["status"] == "finished" and st["pid"] == os.getpid() and "exact" in st["command"]
+    assert not (tmp_path / "ok" / LOCK).exists()
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exact, "figure", stop)
+    assert main(["exact", "--out", str(tmp_path / "int")]) == 130
+    assert read_status(tmp_path / "int")["status"] == "interrupted"      # results.json was written: kept
+    (tmp_path / "dead").mkdir()
+    (tmp_path / "dead" / "status.json").write_text(json.dumps({"status": "running", "pid": 999999999}))
+    assert read_status(tmp_path / "dead")["status"] == "killed"
+    assert main(["exact", "--out", str(tmp_path / "dead")]) == 2
+    _one_line_error(capsys, "is not empty (its run: killed", "--overwrite")
+
+
+def test_a_folder_inside_a_run_in_use_is_refused(tmp_path):
+    parent = tmp_path / "demo"
+    parent.mkdir()
+    (parent / LOCK).write_text(json.dumps({"pid": os.getppid(), "host": os.uname().nodename}))
+    with pytest.raises(ValueError, match=f"inside {parent}, which is in use by svilab process {os.getppid()}"):
+        RunFolder("exact", out=parent / "exact", mode="overwrite")
+
+
+def test_a_full_disk_or_a_removed_folder_is_one_line_and_leaves_no_half_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from matplotlib.figure import Figure
+
+    from svilab.files import WriteError, atomic_write
+
+    target = tmp_path / "x.json"
+    target.write_text("old")
+
+    def full(tmp):
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(WriteError, match=f"no space left on the device writing {target}"):
+        atomic_write(target, full)
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    with pytest.raises(WriteError, match="was removed while the command ran"):
+        atomic_write(tmp_path / "gone" / "results.json", lambda tmp: tmp.write_text("{}"))
+
+    def no_space(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", no_space)
+    assert main(["exact", "--out", str(tmp_path / "run")]) == 2
+    _one_line_error(capsys, "no space left on the device writing", "posterior_exact_vs_cavi.png")
+    assert not list((tmp_path / "run").glob("*.tmp")) if (tmp_path / "run").exists() else True

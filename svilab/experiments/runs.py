@@ -209,9 +209,21 @@ def _holder_text(holder: dict) -> str:
     return f"svilab process {holder['pid']}{where}"
 
 
+_COMMAND_LINE: list[str] = []
+
+
+def set_command_line(words: list[str]) -> None:
+    """The command that opens run folders from now on (:func:`svilab.cli.main` sets it)."""
+    _COMMAND_LINE[:] = list(words)
+
+
 def command_line() -> str:
-    """The command line of this process, for ``status.json``."""
-    return " ".join([Path(sys.argv[0]).name or "python", *sys.argv[1:]])
+    """The command that opened the folder, for ``status.json``: the svilab command line when there is one,
+    else this process's."""
+    import shlex
+
+    words = _COMMAND_LINE or [Path(sys.argv[0]).name or "python", *sys.argv[1:]]
+    return " ".join(shlex.quote(str(w)) for w in words)
 
 
 class RunFolder:
