@@ -47,6 +47,10 @@ def parse_threads(value: str | int | None, source: str = "--threads") -> int | N
         n = 0
     if n < 1 or str(n) != text:
         raise ValueError(f"{source} must be a positive integer or 'auto', got {value!r}")
+    cap = max(64, 4 * available_cores())
+    if n > cap:
+        raise ValueError(f"{source} {n}: more than {cap} threads (this process may run on {available_cores()} "
+                         "cores; use 'auto' for all of them)")
     return n
 
 

@@ -451,3 +451,36 @@ def test_a_full_disk_or_a_removed_folder_is_one_line_and_leaves_no_half_file(tmp
     assert main(["exact", "--out", str(tmp_path / "run")]) == 2
     _one_line_error(capsys, "no space left on the device writing", "posterior_exact_vs_cavi.png")
     assert not list((tmp_path / "run").glob("*.tmp")) if (tmp_path / "run").exists() else True
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["gradients", "--estimators", "reparam", "reparam", "--M", "5"], "--estimators: reparam given twice"),
+    (["elbo", "--reference-samples", "100"], "--reference-samples applies to --model"),
+    (["posterior", "--draws", "1"], "--draws must be >= 2"),
+    (["vae", "train", "--preset", "standard", "--sigma", "0.5"], "--sigma is the scale of the Gaussian likelihood"),
+    (["vae", "compare", "--losses", "elbo", "--alphas", "0.3"], "--alphas are the skews of gjs/dgjs"),
+    (["--threads", "1000000", "exact"], "--threads 1000000: more than"),
+    (["exact", "--prior-u", "1e300,1"], "prior_u shape must be in"),
+])
+def test_options_that_do_not_apply_or_cannot_work_are_refused(argv, message, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path / "r")] if argv[0] != "--threads" else argv) == 2
+    _one_line_error(capsys, message)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path, capsys):
+    from svilab.experiments.runs import read_status
+
+    data, run = _vae_run(tmp_path, capsys)
+    before = read_status(run)
+    assert main(["vae", "train", "--resume", str(run), "--epochs", "1"]) == 2
+    _one_line_error(capsys, "the run has done 1 epoch(s) of 1; --epochs 1 would not continue it")
+    assert read_status(run) == before and before["status"] == "finished"
+
+
+def test_nuts_with_one_chain_reports_without_r_hat(tmp_path, capsys):
+    assert main(["posterior", "--guides", "gamma", "--steps", "30", "--draws", "100", "--elbo-samples", "500",
+                 "--nuts", "--chains", "1", "--nuts-samples", "30", "--nuts-warmup", "30", "--json",
+                 "--out", str(tmp_path / "r")]) == 0
+    nuts = next(m for m in json.loads(capsys.readouterr().out)["methods"] if m["name"] == "nuts")
+    assert nuts["details"]["max_r_hat"] is None

@@ -123,7 +123,7 @@ class SweepConfig:
     dtype: str = "float64"
     estimators: tuple[str, ...] = ()
     boxplots: bool = True
-    reference_samples: int = REFERENCE_SAMPLES
+    reference_samples: int | None = None        # a user model's reference gradient (None: REFERENCE_SAMPLES)
     extra: dict = field(default_factory=dict)   # what else the run folder's config.json records
 
     def __post_init__(self) -> None:
@@ -135,6 +135,9 @@ class SweepConfig:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.command == "gradients":
             names = tuple(get_estimator(e).name for e in (self.estimators or GRADIENT_ESTIMATORS))
+            twice = sorted({e for e in names if names.count(e) > 1})
+            if twice:
+                raise ValueError(f"--estimators: {', '.join(twice)} given twice")
             for e in names:
                 if get_estimator(e).is_value:
                     raise ValueError(f"{e!r} estimates the ELBO value, not its gradient; use `svilab elbo`")
@@ -398,8 +401,9 @@ def _common(p):
     p.add_argument("--dtype", choices=list(DTYPES), default="float64",
                    help="precision of the estimators' arithmetic (Poisson-Gamma model): float32 is about 2x "
                         "faster; the exact reference stays float64 (benchmarks/bench_gradients.py)")
-    p.add_argument("--reference-samples", type=int, default=REFERENCE_SAMPLES,
-                   help="with --model and more than 2 latent dims: samples behind the reference gradient")
+    p.add_argument("--reference-samples", type=int, default=None,
+                   help=f"with --model and more than 2 latent dims: samples behind the reference gradient "
+                        f"(default {REFERENCE_SAMPLES})")
     add_run_args(p)
 
 
@@ -429,6 +433,10 @@ def config_from_args(args, command: str) -> SweepConfig:
                               if k not in ("func", "M", "estimators", "json", "overwrite", "out")})
 
 
+def _reference_samples(config: SweepConfig) -> int:
+    return REFERENCE_SAMPLES if config.reference_samples is None else config.reference_samples
+
+
 def check_lab(model, config: SweepConfig, point_text: str | None) -> tuple[str, tuple[float, ...] | None]:
     """The family and point of the lab, checked against the model without computing anything
     (the point is None for a user model: it needs the model's dimension, checked in :func:`make_lab`)."""
@@ -440,8 +448,10 @@ def check_lab(model, config: SweepConfig, point_text: str | None) -> tuple[str, 
         if config.family not in (None, "gaussian"):
             raise ValueError(f"--family {config.family} is for the Poisson-Gamma model; with --model the family "
                              "is gaussian (a Normal per unconstrained coordinate)")
-        positive_int(config.reference_samples, "--reference-samples", 128)
+        positive_int(_reference_samples(config), "--reference-samples", 128)
         return "gaussian", None
+    if config.reference_samples is not None:
+        raise ValueError("--reference-samples applies to --model (the Poisson-Gamma model's gradient is exact)")
     if config.family == "gaussian":
         raise ValueError("--family gaussian needs --model (the Poisson-Gamma latents are positive)")
     family = config.family or "normal"
@@ -453,7 +463,7 @@ def make_lab(model, config: SweepConfig, point_text: str | None) -> Lab:
     """The lab of the Poisson-Gamma model or a user's model (then the family is ``gaussian``)."""
     family, point = check_lab(model, config, point_text)
     if point is None:
-        return user_lab(model, point_text, config.seed, config.reference_samples)
+        return user_lab(model, point_text, config.seed, _reference_samples(config))
     return poisson_gamma_lab(model, family, point)
 
 

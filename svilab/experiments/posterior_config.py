@@ -98,7 +98,7 @@ class PosteriorConfig:
         return cls(
             guides=tuple(names), svi={g: settings(g, steps, particles, lr, user) for g in names}, loss=loss,
             alpha=alpha, seed=seed, init=(init or "laplace") if user else init,
-            draws=positive_int(draws, "--draws"),
+            draws=positive_int(draws, "--draws", minimum=2),    # a posterior sd needs two draws
             elbo_samples=positive_int(elbo_samples, "--elbo-samples", minimum=2),   # an SE needs 2
             nuts=bool(nuts),
             nuts_settings={"num_samples": positive_int(nuts_samples, "--nuts-samples", minimum=4),   # R-hat

@@ -114,8 +114,9 @@ def nuts_method(res) -> MethodResult:
     divergences = int(idata.sample_stats["diverging"].values.sum())
     warns = mcmc_warnings(s, divergences, n["num_chains"], n["num_samples"])
     return MethodResult("nuts", idata, seconds=res.seconds, warnings=warns,
-                        extra={"divergences": divergences, "max_r_hat": float(s["r_hat"].max()),
-                               "min_ess_bulk": float(s["ess_bulk"].min())})
+                        extra={"divergences": divergences,
+                               "max_r_hat": float(s["r_hat"].max()) if "r_hat" in s and n["num_chains"] > 1 else None,
+                               "min_ess_bulk": float(s["ess_bulk"].min()) if "ess_bulk" in s else None})
 
 
 def report_warnings(methods: list[MethodResult], reporter: Reporter) -> None:
@@ -198,7 +199,9 @@ def run_user(um: UserModel, config: PosteriorConfig, reporter: Reporter, referen
                                   f"{cfg['particles']} particles, lr {m.extra['lr']:g}, start {m.extra['start']}): "
                                   f"ELBO {m.elbo:.4f} +- {m.elbo_se:.4f}, Pareto k {m.pareto_k:.2f}"),
             lambda m: (f"NUTS: {n['num_chains']} chains x {n['num_samples']} draws in {m.seconds:.1f} s, "
-                       f"{m.extra['divergences']} divergences, max R-hat {m.extra['max_r_hat']:.3f}"))
+                       f"{m.extra['divergences']} divergences, "
+                       + (f"max R-hat {m.extra['max_r_hat']:.3f}" if m.extra["max_r_hat"] is not None
+                          else "no R-hat (one chain)")))
         if reference is not None:
             for m in methods:
                 m.warnings += reference_warnings(m.compare(reference), config.max_error)

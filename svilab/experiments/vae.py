@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import pandas as pd
 import pyro
@@ -18,7 +19,7 @@ import torch
 
 from svilab.data.mnist import MNISTData, load_mnist
 from svilab.experiments.common import Reporter
-from svilab.experiments.runs import RunFolder
+from svilab.experiments.runs import RunFolder, lock_holder, read_status
 from svilab.experiments.vae_config import VAE_LOSSES, VAERunConfig, absolute, time_limit, vae_loss
 from svilab.experiments.vae_figures import label as _label
 from svilab.experiments.vae_figures import save_figures
@@ -203,7 +204,8 @@ def register(sub) -> None:
     c = vsub.add_parser("compare", help="train elbo, gjs and dgjs with the same seed and preset; one table",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     c.add_argument("--losses", nargs="+", default=list(VAE_LOSSES), help="objectives to train")
-    c.add_argument("--alphas", type=float, nargs="+", default=[0.5], help="GJS skews (each gjs/dgjs run per alpha)")
+    c.add_argument("--alphas", type=float, nargs="+", default=None,
+                   help="GJS skews, each gjs/dgjs run once per alpha (default 0.5)")
     _add_common(c)
     c.set_defaults(func=main_compare)
 
@@ -240,12 +242,22 @@ def _conflicts(args: argparse.Namespace, config: VAERunConfig) -> list[str]:
 
 
 def _resume(args: argparse.Namespace) -> tuple[VAERunConfig, dict, RunFolder]:
-    """Read and check a run's checkpoint; every problem is a one-line ValueError naming the file."""
-    folder = RunFolder("vae-train", out=args.resume, mode="resume")
-    ckpt_path = folder.path / CHECKPOINT
+    """Read and check a run's checkpoint; every problem is a one-line ValueError naming the file. The folder
+    is taken (locked, ``status.json`` running) only once everything checks, so a refused resume leaves the
+    run's own status as it was."""
+    path = Path(args.resume)
+    if not path.is_dir():
+        raise ValueError(f"cannot resume {path}: no such run folder")
+    holder = lock_holder(path)
+    if holder is not None:
+        raise ValueError(f"run folder {path} is in use by svilab process {holder['pid']}")
+    ckpt_path = path / CHECKPOINT
     if not ckpt_path.exists():
-        raise ValueError(f"--resume {args.resume}: no {CHECKPOINT} there (is it a `svilab vae train` run folder, "
-                         "and did its first epoch finish?)")
+        previous = (read_status(path) or {}).get("status")
+        why = (f"its run was {previous} before its first epoch finished, so there is nothing to resume: start it "
+               "again with --overwrite" if previous in ("killed", "interrupted", "failed") else
+               "is it a `svilab vae train` run folder, and did its first epoch finish?")
+        raise ValueError(f"--resume {args.resume}: no {CHECKPOINT} there ({why})")
     try:
         state = torch.load(ckpt_path, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file
@@ -266,12 +278,18 @@ def _resume(args: argparse.Namespace) -> tuple[VAERunConfig, dict, RunFolder]:
     if bad:
         raise ValueError(f"--resume keeps the run's configuration; these options conflict with it: {'; '.join(bad)}. "
                          "Only --epochs, --time-limit and --data-root may change")
+    done = int(state["epoch"]) + 1
     if args.epochs is not None:
         config = config.with_(epochs=positive_int(args.epochs, "--epochs"))
+    if config.epochs <= done:
+        raise ValueError(f"--resume {args.resume}: the run has done {done} epoch(s) of {config.epochs}; "
+                         + (f"--epochs {args.epochs} would not continue it" if args.epochs is not None
+                            else "give a larger --epochs to continue it"))
     if args.time_limit is not None:
         config = config.with_(time_limit_minutes=time_limit(args.time_limit))
     if args.data_root is not None:                 # the option wins over the stored root
         config = config.with_(data_root=absolute(args.data_root))
+    folder = RunFolder("vae-train", out=path, mode="resume")
     return config, state, folder
 
 
@@ -295,7 +313,7 @@ def main_train(args: argparse.Namespace) -> int:
     reporter = Reporter(args.json)
     if args.resume:
         config, state, folder = _resume(args)
-        reporter.say(f"resuming {folder} after epoch {state['epoch'] + 1} of {config.epochs}")
+        reporter.say(f"resuming {folder} after epoch {state['epoch'] + 1}, to {config.epochs} epochs")
     else:
         config, data = prepare_train(args)      # data problems are reported before a run folder exists
         state, folder = None, RunFolder("vae-train", out=args.out, mode="overwrite" if args.overwrite else "new")
@@ -314,7 +332,10 @@ def main_train(args: argparse.Namespace) -> int:
 def main_compare(args: argparse.Namespace) -> int:
     reporter = Reporter(args.json)
     losses = [vae_loss(x) for x in args.losses]
-    alphas = [check_alpha(a) for a in args.alphas]
+    if args.alphas is not None and all(loss == "elbo" for loss in losses):
+        raise ValueError("--alphas are the skews of gjs/dgjs; --losses has none of them (add gjs or dgjs, or drop "
+                         "--alphas)")
+    alphas = [check_alpha(a) for a in (args.alphas or [0.5])]
     for name, values in (("--losses", losses), ("--alphas", alphas)):
         twice = sorted({str(v) for v in values if values.count(v) > 1})
         if twice:

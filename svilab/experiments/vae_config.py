@@ -84,6 +84,9 @@ class VAERunConfig:
         ``--beta`` to gjs/dgjs only)."""
         likelihood = network.get("likelihood")
         cfg = preset(preset_name, **network, binarize=(likelihood == "bernoulli") if likelihood else None)
+        if network.get("sigma") is not None and cfg.likelihood != "gaussian":
+            raise ValueError(f"--sigma is the scale of the Gaussian likelihood; the {preset_name} preset's is "
+                             f"{cfg.likelihood} (add --likelihood gaussian, or drop --sigma)")
         loss = vae_loss(loss)
         if loss == "elbo":
             if alpha is not None:

@@ -35,6 +35,10 @@ DEFAULT_PRIOR_U: tuple[float, float] = (5.0, 1.0)
 DEFAULT_PRIOR_V: tuple[float, float] = (4.0, 4.0)
 
 
+#: the shapes and rates the exact posterior's quadrature handles in float64
+PRIOR_RANGE = (1e-8, 1e8)
+
+
 class PoissonGamma:
     """Poisson-Gamma model: data, priors, a Pyro model and vectorized log densities.
 
@@ -63,6 +67,12 @@ class PoissonGamma:
         self.b_u = positive(prior_u[1], "prior_u rate")
         self.a_v = positive(prior_v[0], "prior_v shape")
         self.b_v = positive(prior_v[1], "prior_v rate")
+        for name, value in (("prior_u shape", self.a_u), ("prior_u rate", self.b_u), ("prior_v shape", self.a_v),
+                            ("prior_v rate", self.b_v)):
+            if not PRIOR_RANGE[0] <= value <= PRIOR_RANGE[1]:
+                raise ValueError(f"{name} must be in [{PRIOR_RANGE[0]:g}, {PRIOR_RANGE[1]:g}], got {value:g} (beyond "
+                                 "that the prior is a point mass or flat in float64 and the exact posterior's "
+                                 "quadrature loses it)")
         self.N = int(self.data.numel())
         self.S = float(self.data.sum())
         #: :math:`\sum_i \log x_i!`
