@@ -2,8 +2,10 @@
 no Ray process behind and resumes with only its unfinished trials (finished ones byte-identical); a
 trial equals the command run alone; the summary and paired intervals are those of the trials'
 own results; failures are recorded, never dropped; TensorBoard reads every trial; --report
-re-aggregates to the same sweep.json; and a two-node Ray cluster gives the same results with trials
-on both nodes."""
+re-aggregates to the same sweep.json; a trial whose worker is killed is retried, then recorded as
+failed; and a two-node Ray cluster gives the same results with trials on both nodes.
+
+The checks that no Ray process is left assume no other Ray runs on the machine (as in CI)."""
 
 from __future__ import annotations
 
@@ -159,3 +161,37 @@ def test_a_two_node_cluster_runs_trials_on_both_nodes_with_the_same_results(kill
         mine = (tmp_path / "c" / t["folder"] / "results.json").read_text()
         assert mine == (local / t["folder"] / "results.json").read_text()
     assert ray_processes() == []
+
+
+KILLER = '''
+import os
+import sys
+
+import pyro
+import pyro.distributions as dist
+
+
+def model(data):
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():          # in a Ray worker: die as the OOM killer would
+        with open(os.environ["SVILAB_TEST_KILL_LOG"], "a") as f:
+            f.write("attempt\\n")
+        os.kill(os.getpid(), 9)
+    pyro.sample("x", dist.Normal(0.0, 1.0))
+'''
+
+
+def test_a_trial_whose_worker_dies_is_retried_then_recorded_as_failed(tmp_path, monkeypatch, capsys):
+    (tmp_path / "killer.py").write_text(KILLER)
+    (tmp_path / "data.json").write_text('{"n": 1}')
+    (tmp_path / "spec.toml").write_text('command = "elbo"\nmodel = "killer.py"\n[options]\ndata = "data.json"\n'
+                                        'M = [5]\nreps = 10\n')
+    log = tmp_path / "attempts.txt"
+    monkeypatch.setenv("SVILAB_TEST_KILL_LOG", str(log))
+    assert main(["sweep", str(tmp_path / "spec.toml"), "--retries", "1", "--max-concurrent", "1", "--json",
+                 "--out", str(tmp_path / "s")]) == 0
+    sj = json.loads(capsys.readouterr().out)
+    assert log.read_text().count("attempt") == 2                # the first run and one retry
+    (trial,) = sj["trials"]
+    assert trial["status"] == "failed" and "worker died" in trial["error"] and "1 retries" in trial["error"]
+    assert sj["counts"]["failed"] == 1 and ray_processes() == []

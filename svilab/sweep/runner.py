@@ -15,6 +15,7 @@ Only the driver writes there; workers send their folders back as task results.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -142,7 +143,13 @@ def execute(run: SweepRun, folder: RunFolder, *, address: str | None, max_concur
         return
     t0 = time.perf_counter()
     out = sys.stderr if json_mode else sys.stdout
-    with ray_session(address, num_cpus=max_concurrent) as session:
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    # Ray's own messages (a worker that died, ...) are printed on stdout by its threads: send them to stderr,
+    # so that stdout carries only what svilab prints (the JSON with --json)
+    with contextlib.redirect_stdout(sys.stderr), ray_session(address, num_cpus=max_concurrent) as session:
         import ray
         from ray.exceptions import RayError, RayTaskError
 
