@@ -277,7 +277,9 @@ class RunFolder:
                     raise RunFolderError(
                         f"run folder {path} is not empty{describe_status(path)}; choose a new --out, or pass "
                         "--overwrite to replace an earlier run there"
-                        + (" (or --resume to continue it)" if (path / "checkpoint.pt").exists() else ""))
+                        + (" (or --resume to continue it)" if (path / "checkpoint.pt").exists() else "")
+                        + (f" (or `svilab sweep --resume {path}` to continue that sweep)"
+                           if (path / "spec.toml").exists() and (path / "trials.json").exists() else ""))
                 if not is_run_folder(path):
                     raise RunFolderError(f"--overwrite: {path} is not an svilab run folder (no svilab config.json); "
                                          "not removing its contents")

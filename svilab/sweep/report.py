@@ -266,6 +266,7 @@ def figure_metric(sj: dict, metric: str, seeds_values: dict):
             for r, lab in sel:
                 groups.setdefault(",".join(f"{k}={_text(lab.get(k))}" for k in series_keys), []).append((lab[x_key], r))
             for name, pts in groups.items():
+                name = ",".join(part.split("=", 1)[1] for part in name.split(",")) if len(series_keys) == 1 else name
                 pts.sort(key=lambda p: p[0])
                 xs = [p[0] for p in pts]
                 ms = [p[1]["mean"] for p in pts]
@@ -280,8 +281,8 @@ def figure_metric(sj: dict, metric: str, seeds_values: dict):
             if any(groups):
                 ax.legend(fontsize=7)
         ys = [r["mean"] for r, _ in sel]
-        if metric == "variance" and ys and min(ys) > 0:
-            ax.set_yscale("log")
+        if ys and min(ys) > 0 and (metric == "variance" or max(ys) / min(ys) > 30):
+            ax.set_yscale("log")       # values over orders of magnitude (KL of mean-field vs full-rank guides)
         ax.set_ylabel(metric)
         if panel is not None:
             ax.set_title(f"{metric}[{panel}]", fontsize=10)
