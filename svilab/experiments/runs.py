@@ -20,9 +20,9 @@ Layout of a run folder (default ``runs/<command>-<timestamp>/``)::
   is taken, and ``finished``, ``failed`` (with the error) or ``interrupted`` at the end. A folder
   left ``running`` by a process that is gone was killed (:func:`read_status` says so).
 - *no half files*: every file is written to a per-process temporary name, flushed to disk and
-  renamed (:func:`atomic_write`), so a kill or a full disk leaves the previous version or none,
-  never a truncated one. A write that fails says why in one line (no space left, the folder was
-  removed while the command ran, no permission), as a :class:`RunFolderError`.
+  renamed (:func:`svilab.files.atomic_write`), so a kill or a full disk leaves the previous version
+  or none, never a truncated one. A write that fails says why in one line (no space left, the
+  folder was removed while the command ran, no permission), as a :class:`svilab.files.WriteError`.
 """
 
 from __future__ import annotations
