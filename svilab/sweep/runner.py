@@ -73,13 +73,6 @@ def same_spec(a: SweepSpec, b: SweepSpec) -> str | None:
     return None if ta == tb else "options (a path resolves elsewhere)"
 
 
-def finished(path: Path, trial: Trial) -> dict | None:
-    try:
-        return json.loads((path / trial.folder / report.TRIAL_RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def install(path: Path, trial: Trial, spec: SweepSpec, result: dict) -> dict:
     """Put a finished trial's folder in place atomically (unpacked beside it, ``trial.json`` written,
     then renamed): a reader sees the whole trial or none of it. Returns its record."""
@@ -245,5 +238,5 @@ def _duration(secs: float) -> str:
     return f"{secs / 3600:.1f} h"
 
 
-__all__ = ["DEFAULT_RETRIES", "SweepRun", "clean_partial", "dry_run", "execute", "finished", "install", "load_saved",
+__all__ = ["DEFAULT_RETRIES", "SweepRun", "clean_partial", "dry_run", "execute", "install", "load_saved",
            "same_spec"]

@@ -200,16 +200,26 @@ def option_argv(key: str, value: Any, actions: dict[str, argparse.Action], where
     return [f"{opt}={_scalar(value)}"]
 
 
-def _resolve(key: str, value: Any, base: Path, options: dict) -> Any:
+def is_path_option(key: str, value: Any, options: dict) -> bool:
+    """Whether option ``key`` names a file (``data`` only next to a ``model``)."""
     norm = key.replace("-", "_")
-    is_path = norm in PATH_OPTIONS or (norm == "data" and options.get("model") is not None)
-    if not is_path or not isinstance(value, str):
-        return value
-    text, func = value, ""
-    if norm == "model":
+    return isinstance(value, str) and (norm in PATH_OPTIONS or (norm == "data" and options.get("model") is not None))
+
+
+def split_model(key: str, value: str) -> tuple[str, str]:
+    """``("FILE.py", ":FUNC")`` of a ``model`` value (``("FILE.py", "")`` without a function), ``(value, "")``
+    for any other path option."""
+    if key.replace("-", "_") == "model":
         head, sep, tail = value.rpartition(":")
         if sep and head and tail.isidentifier():
-            text, func = head, f":{tail}"
+            return head, f":{tail}"
+    return value, ""
+
+
+def _resolve(key: str, value: Any, base: Path, options: dict) -> Any:
+    if not is_path_option(key, value, options):
+        return value
+    text, func = split_model(key, value)
     p = Path(text).expanduser()
     return str(p if p.is_absolute() else (base / p).resolve()) + func
 

@@ -35,18 +35,13 @@ MAX_CURVE_POINTS = 1000
 
 def collect_inputs(options: dict) -> dict[str, bytes]:
     """``{absolute path: content}`` of the input files a trial's options name."""
-    from svilab.sweep.spec import PATH_OPTIONS
+    from svilab.sweep.spec import is_path_option, split_model
 
     out = {}
     for key, value in options.items():
-        norm = key.replace("-", "_")
-        if not isinstance(value, str) or not (norm in PATH_OPTIONS or (norm == "data" and options.get("model"))):
+        if not is_path_option(key, value, options):
             continue
-        path = value
-        if norm == "model":
-            head, sep, tail = value.rpartition(":")
-            path = head if sep and head and tail.isidentifier() else value
-        p = Path(path)
+        p = Path(split_model(key, value)[0])
         if p.is_file():
             out[str(p)] = p.read_bytes()
     return out
