@@ -160,3 +160,7 @@ def _take_threads(argv: list[str]) -> tuple[str | None, list[str]]:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+__all__ = ["SvilabParser", "Terminated", "UsageError", "build_parser", "command_name", "command_parsers", "main",
+           "parse_command"]

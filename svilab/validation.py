@@ -103,3 +103,6 @@ def _where(mask: torch.Tensor) -> list[int]:
 
 def _bad(arr: torch.Tensor, mask: torch.Tensor) -> list[float]:
     return arr[mask].tolist()[:10]
+
+
+__all__ = ["as_counts", "choice", "finite", "parse_floats", "positive", "positive_int"]

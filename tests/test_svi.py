@@ -226,9 +226,11 @@ def test_svi_primitives_give_fit_s_numbers_and_fit_rejects_a_misspelt_option(pg)
     pyro.clear_param_store()
     pyro.set_rng_seed(3)
     guide = make_guide("lognormal", pg.model)
-    svi = SVI(pg.model, guide, make_loss("trace_elbo", num_particles=4, max_plate_nesting=1), lr=0.05, steps=30)
-    svi.init()
-    by_hand = [float(svi.step()) for _ in range(30)]
+    from svilab.inference.optim import ClippedAdam
+
+    svi = SVI(pg.model, guide, ClippedAdam(lr=0.05, steps=30), make_loss("trace_elbo", num_particles=4,
+                                                                          max_plate_nesting=1))
+    by_hand = [svi.step() for _ in range(30)]
     np.testing.assert_array_equal(r.history, by_hand)
     with pytest.raises(TypeError, match="num_particle"):
         fit(pg.model, make_guide("lognormal", pg.model), steps=5, num_particle=4)

@@ -188,3 +188,6 @@ def load_mnist(root: str | Path | None = None, *, binary: bool = False, validati
         g_eval = torch.Generator().manual_seed(12345)
         val_x, tx = binarize(val_x, g_eval), binarize(tx, g_eval)
     return MNISTData(train_x, train_y, val_x, val_y, tx, ty, binary, str(root))
+
+
+__all__ = ["MNISTData", "MNISTNotFoundError", "as_images", "binarize", "data_root", "load_mnist"]

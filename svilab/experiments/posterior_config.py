@@ -86,6 +86,7 @@ class PosteriorConfig:
                 raise ValueError("--loss renyi needs --particles >= 2")
             if alpha is not None and not (math.isfinite(alpha) and alpha != 1):
                 raise ValueError(f"--alpha must be a finite number other than 1 for --loss renyi, got {alpha}")
+            alpha = 0.5 if alpha is None else alpha      # the command's default since 0.1 (Pyro's is 0)
         elif alpha is not None:
             raise ValueError(f"--alpha applies to --loss renyi only, not to {loss}")
         if init is not None:

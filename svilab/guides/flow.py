@@ -80,6 +80,9 @@ class AutoFlow(AutoContinuous):
     :param init_scale: initial diagonal of ``L``.
     """
 
+    #: Pyro's JIT cannot compile it (its networks are created on the first call); read by :func:`svilab.fit`
+    jit_compatible = False
+
     def __init__(self, model, num_transforms: int = 1, hidden_dims: tuple[int, ...] = (16,), count_bins: int = 8,
                  bound: float = 3.0, init_scale: float = 0.1, init_loc_fn=init_to_median) -> None:
         self.num_transforms = int(num_transforms)
@@ -107,3 +110,6 @@ class AutoFlow(AutoContinuous):
         if self.transform is None:
             self.transform = self._make_transform()
         return dist.TransformedDistribution(self.get_base_dist(), self.transform)
+
+
+__all__ = ["AutoFlow", "LowerTriangularAffine"]

@@ -146,3 +146,6 @@ class MeanFieldGamma(_MeanField):
     def _factor(self, name):
         concentration = self._param("concentration", name)
         return dist.Gamma(concentration, concentration / self._param("mean", name))
+
+
+__all__ = ["MeanFieldGamma", "MeanFieldPositiveNormal"]

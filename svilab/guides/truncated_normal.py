@@ -165,3 +165,6 @@ class PositiveNormal(TorchDistribution):
 
     def entropy(self):
         return entropy(self.loc, self.scale)
+
+
+__all__ = ["PositiveNormal", "entropy", "log_density", "mean", "variance"]

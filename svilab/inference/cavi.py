@@ -112,3 +112,6 @@ def cavi(model: PoissonGamma, tol: float = 1e-12, max_iter: int = 10_000) -> CAV
             converged = True
             break
     return CAVIResult(q_u, q_v, trace[-1], trace, it, converged)
+
+
+__all__ = ["CAVIResult", "GammaFactor", "cavi", "elbo"]

@@ -86,3 +86,6 @@ def geometric_js(q, p, alpha: float = 0.5, dual: bool = False) -> torch.Tensor:
     else:
         value = (1 - alpha) * kl_divergence(qn, g) + alpha * kl_divergence(pn, g)
     return value.sum(tuple(range(-nq, 0))) if nq else value
+
+
+__all__ = ["check_alpha", "geometric_js", "geometric_mean"]

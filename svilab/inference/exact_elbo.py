@@ -81,3 +81,6 @@ def exact_elbo_and_grad(target: Target | Callable, family: Family | str, params,
         value = exact_elbo(target, family, p, dtype)
         (g,) = torch.autograd.grad(value, p)
     return float(value.detach()), g.flatten()
+
+
+__all__ = ["exact_elbo", "exact_elbo_and_grad", "factor_rule"]

@@ -72,3 +72,10 @@ class GeometricJSD_ELBO(TraceMeanField_ELBO):
 
 class JitGeometricJSD_ELBO(GeometricJSD_ELBO, JitTraceMeanField_ELBO):
     """:class:`GeometricJSD_ELBO` compiled with Pyro's JIT (static model structure required)."""
+
+#: the names users reach for (Pyro's style: ``Trace_ELBO``, ``RenyiELBO``)
+GJS_ELBO = GeometricJSD_ELBO
+JitGJS_ELBO = JitGeometricJSD_ELBO
+
+
+__all__ = ["GJS_ELBO", "GeometricJSD_ELBO", "JitGJS_ELBO", "JitGeometricJSD_ELBO"]

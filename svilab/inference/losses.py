@@ -72,7 +72,7 @@ def _meanfield_elbo(kw, jit, alpha, beta):
 
 
 def _renyi(kw, jit, alpha, beta):
-    a = 0.5 if alpha is None else float(alpha)
+    a = 0.0 if alpha is None else float(alpha)
     if a == 1.0 or a != a or math.isinf(a):
         raise ValueError(f"renyi: alpha must be a number other than 1 (alpha=1 is trace_elbo) and finite, got {alpha}")
     if kw["num_particles"] < 2:
@@ -160,7 +160,8 @@ def make_loss(name: str = "trace_elbo", *, num_particles: int = 1, vectorize_par
     :param max_plate_nesting: passed to the ELBO (give it when the model's plates are known:
         it saves a trace of the model and is required by some JIT models).
     :param jit: the JIT-compiled variant, where the loss has one (:attr:`LossSpec.jit`; else eager).
-    :param alpha: the Renyi order (default 0.5) or the GJS skew (default 0.5).
+    :param alpha: the Renyi order (default 0, the IWAE bound, as Pyro's ``RenyiELBO``) or the GJS skew
+        (default 0.5).
     :param beta: weight of the divergence term (GJS objectives only).
     :raises ValueError: unknown name, ``num_particles < 1`` (< 2 for ``renyi``), alpha out of range.
     """
@@ -169,3 +170,6 @@ def make_loss(name: str = "trace_elbo", *, num_particles: int = 1, vectorize_par
     if max_plate_nesting is not None:
         kw["max_plate_nesting"] = max_plate_nesting
     return spec.build(kw, jit and spec.jit, alpha, beta)
+
+
+__all__ = ["LOSSES", "LOSS_SPECS", "LossSpec", "command_loss", "command_losses", "loss_name", "loss_spec", "make_loss"]

@@ -63,7 +63,7 @@ class NUTSResult:
 
 
 def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num_chains: int = 4,
-             seed: int | None = 0, target_accept_prob: float = 0.8, jit_compile: bool = True, full_mass: bool = True,
+             seed: int | None = None, target_accept_prob: float = 0.8, jit_compile: bool = True, full_mass: bool = True,
              chain_method: str = "sequential", progress: bool | None = None, init: str | Callable = "uniform",
              max_plate_nesting: int | None = None, **kwargs) -> NUTSResult:
     """Sample the posterior of ``model(*args, **kwargs)`` with NUTS.
@@ -112,3 +112,6 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
                        "seed": seed, "target_accept_prob": target_accept_prob, "chain_method": chain_method,
                        "init": init if isinstance(init, str) else getattr(init, "__name__", repr(init))},
                       args, kwargs)
+
+
+__all__ = ["NUTSResult", "SequentialChains", "run_nuts"]

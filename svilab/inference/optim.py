@@ -46,17 +46,25 @@ class GuardedAdam:
     :param clip: clamp every gradient element to ``[-clip, clip]`` before the update (Pyro's
         ``ClippedAdam`` rule); None: no clipping.
     :param betas, eps: Adam's.
+    :param weight_decay: L2 penalty added to the (clamped) gradient, as in Pyro's ``ClippedAdam``.
+    :param lrd: the decay factor per step given directly (Pyro's ``lrd``), instead of ``lr_final``.
     """
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, lr_final: float | None = None,
                  steps: int = 1000, clip: float | None = None, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
+                 eps: float = 1e-8, weight_decay: float = 0.0, lrd: float | None = None) -> None:
         self.params: list[torch.Tensor] = []
         self.lr = positive(lr, "lr")
         steps = positive_int(steps, "steps")
-        self.decay = 1.0 if lr_final is None else (positive(lr_final, "lr_final") / self.lr) ** (1.0 / steps)
+        if lrd is not None and lr_final is not None:
+            raise ValueError("give lr_final or lrd, not both")
+        self.decay = (positive(lrd, "lrd") if lrd is not None else
+                      1.0 if lr_final is None else (positive(lr_final, "lr_final") / self.lr) ** (1.0 / steps))
         self.clip = None if clip is None else positive(clip, "clip")
         self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
+        self.weight_decay = float(weight_decay)
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         self.exp_avg: list[torch.Tensor] = []
         self.exp_avg_sq: list[torch.Tensor] = []
         self.step_count: list[torch.Tensor] = []     # per parameter, float32 (the kernel's convention)
@@ -117,7 +125,7 @@ class GuardedAdam:
                 torch._foreach_add_(steps, 1)
                 torch._fused_adam_([self.params[i] for i in idx], [self.params[i].grad for i in idx],
                                    [self.exp_avg[i] for i in idx], [self.exp_avg_sq[i] for i in idx], [], steps,
-                                   lr=lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
+                                   lr=lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=self.weight_decay, eps=self.eps,
                                    amsgrad=False, maximize=False, grad_scale=None, found_inf=self.found_inf)
                 torch._foreach_sub_(steps, [self.found_inf] * len(steps))   # a skipped step is not counted
             for i in live:
@@ -166,4 +174,131 @@ class GuardedAdam:
         self.t = int(state["t"])
 
 
-__all__ = ["GuardedAdam"]
+class ClippedAdam:
+    r"""svilab's optimizer for :class:`svilab.SVI`, the object to pass where Pyro takes
+    ``pyro.optim.ClippedAdam``: the same rule (gradients clamped elementwise to ``[-clip, clip]``,
+    Adam, the learning rate decayed geometrically) run as one fused update over every parameter with
+    the non-finite guard of :class:`GuardedAdam`.
+
+    The decay is given as the end value: :math:`\mathrm{lr}_t = \mathrm{lr}\,(\mathrm{lr_{final}}
+    /\mathrm{lr})^{t/T}` over ``steps`` = T (default: the ``num_steps`` of :meth:`svilab.SVI.run`), or
+    as Pyro's per-step factor ``lrd``.
+
+    :param lr: initial learning rate (> 0).
+    :param lr_final: learning rate after ``steps`` steps (None: constant, unless ``lrd``).
+    :param steps: length of the decay (None: the run's number of steps).
+    :param clip: elementwise gradient clamp (None: none; Pyro's ``clip_norm``).
+    :param betas, eps, weight_decay: Adam's.
+    :param lrd: per-step decay factor (Pyro's ``ClippedAdam`` option), instead of ``lr_final``.
+
+    >>> import svilab
+    >>> svilab.ClippedAdam(lr=0.05, lr_final=0.001)
+    ClippedAdam(lr=0.05, lr_final=0.001, steps=None, clip=10.0)
+    """
+
+    def __init__(self, lr: float = 0.01, lr_final: float | None = None, steps: int | None = None,
+                 clip: float | None = 10.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, lrd: float | None = None) -> None:
+        self.lr = positive(lr, "lr")
+        self.lr_final = None if lr_final is None else positive(lr_final, "lr_final")
+        self.steps = None if steps is None else positive_int(steps, "steps")
+        self.clip = None if clip is None else positive(clip, "clip")
+        self.betas, self.eps, self.weight_decay = tuple(betas), float(eps), float(weight_decay)
+        if lrd is not None and lr_final is not None:
+            raise ValueError("give lr_final or lrd, not both")
+        self.lrd = None if lrd is None else positive(lrd, "lrd")
+
+    def __repr__(self) -> str:
+        return f"ClippedAdam(lr={self.lr:g}, lr_final={self.lr_final}, steps={self.steps}, clip={self.clip})"
+
+    def build(self, params: Iterable[torch.Tensor], steps: int | None) -> GuardedAdam:
+        """The :class:`GuardedAdam` over ``params``; ``steps``: the run's length (used when the
+        optimizer was given none)."""
+        steps = self.steps or steps
+        if steps is None and self.lr_final is not None:
+            raise ValueError("ClippedAdam(lr_final=...) needs the decay's length: give steps=, or run "
+                             "SVI.run(num_steps, ...)")
+        return GuardedAdam(params, lr=self.lr, lr_final=self.lr_final, steps=steps or 1000, clip=self.clip,
+                           betas=self.betas, eps=self.eps, weight_decay=self.weight_decay, lrd=self.lrd)
+
+    @classmethod
+    def from_pyro(cls, optim) -> ClippedAdam | None:
+        """The same rule as a ``pyro.optim`` object when svilab's fused update can run it exactly:
+        ``pyro.optim.ClippedAdam`` and ``pyro.optim.Adam`` with one dictionary of options (not a
+        per-parameter callable) and no ``clip_args``; else None. (Pyro's ``ClippedAdam`` adds
+        ``eps`` before the bias correction, torch's Adam after: the updates differ in the ninth
+        digit, which ``tests/test_svi_api.py`` bounds.)"""
+        import pyro.optim.clipped_adam
+
+        ctor, args = getattr(optim, "pt_optim_constructor", None), getattr(optim, "pt_optim_args", None)
+        if not isinstance(args, dict) or getattr(optim, "pt_clip_args", None):
+            return None
+        common = {"lr": args.get("lr", 1e-3), "betas": args.get("betas", (0.9, 0.999)), "eps": args.get("eps", 1e-8),
+                  "weight_decay": args.get("weight_decay", 0.0)}
+        if ctor is pyro.optim.clipped_adam.ClippedAdam and not args.get("centered_variance", False):
+            known = {"lr", "betas", "eps", "weight_decay", "clip_norm", "lrd", "centered_variance"}
+            if set(args) <= known:
+                lrd = args.get("lrd", 1.0)
+                return cls(clip=args.get("clip_norm", 10.0), lrd=None if lrd == 1.0 else lrd, **common)
+        if ctor is torch.optim.Adam and set(args) <= {"lr", "betas", "eps", "weight_decay"}:
+            return cls(clip=None, **common)
+        return None
+
+
+class PyroOptimStepper:
+    """Any other ``pyro.optim`` optimizer (SGD, a scheduler, per-parameter options) behind
+    :class:`GuardedAdam`'s interface: each step checks the loss and the gradients (one sync), and
+    after the first non-finite step no update is applied, as with :class:`GuardedAdam`."""
+
+    def __init__(self, optim, params: Iterable[torch.Tensor], steps: int | None = None) -> None:
+        self.optim = optim
+        self.params: list[torch.Tensor] = []
+        self.add_params(params)
+        self._losses: list[float] = []
+        self._bad: int | None = None
+        self.t = 0
+
+    def add_params(self, params: Iterable[torch.Tensor]) -> None:
+        self.params.extend(p for p in params if p.requires_grad)
+
+    @torch.no_grad()
+    def step(self, loss: torch.Tensor) -> None:
+        live = [p for p in self.params if p.grad is not None]
+        value = float(loss.detach())
+        finite = math.isfinite(value) and all(bool(torch.isfinite(p.grad).all()) for p in live)
+        if not finite and self._bad is None:
+            self._bad = self.t
+        if self._bad is None and live:
+            self.optim(live)
+        for p in live:
+            p.grad = None
+        self._losses.append(value)
+        self.t += 1
+
+    @property
+    def diverged(self) -> bool:
+        return self._bad is not None
+
+    def first_bad_step(self) -> int | None:
+        return self._bad
+
+    def losses(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return np.asarray(self._losses[start:stop], dtype=float)
+
+
+def make_stepper(optim, params: Iterable[torch.Tensor], steps: int | None):
+    """The object :class:`svilab.SVI` steps with: a :class:`GuardedAdam` for :class:`ClippedAdam` and
+    for the ``pyro.optim`` objects it can run exactly (:meth:`ClippedAdam.from_pyro`), else a
+    :class:`PyroOptimStepper`."""
+    import pyro.optim
+
+    if isinstance(optim, ClippedAdam):
+        return optim.build(params, steps)
+    if isinstance(optim, pyro.optim.PyroOptim):
+        same = ClippedAdam.from_pyro(optim)
+        return same.build(params, steps) if same is not None else PyroOptimStepper(optim, params, steps)
+    raise TypeError(f"optim must be a pyro.optim optimizer (e.g. pyro.optim.Adam({{'lr': 0.01}})) or "
+                    f"svilab.ClippedAdam(...), got {type(optim).__name__}")
+
+
+__all__ = ["ClippedAdam", "GuardedAdam", "PyroOptimStepper", "make_stepper"]

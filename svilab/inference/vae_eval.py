@@ -85,3 +85,6 @@ def latent_means(vae: VAE, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
 def active_units(vae: VAE, x: torch.Tensor, threshold: float = 1e-2) -> int:
     means = latent_means(vae, x)
     return int((means.var(0) > threshold).sum())
+
+
+__all__ = ["active_units", "elbo", "iwae_log_likelihood", "latent_means", "reconstruction_error"]

@@ -155,3 +155,5 @@ class PoissonGamma:
         return (f"PoissonGamma(N={self.N}, S={self.S:g}, prior_u=Gamma({self.a_u:g}, {self.b_u:g}),"
                 f" prior_v=Gamma({self.a_v:g}, {self.b_v:g}))")
 
+
+__all__ = ["PoissonGamma"]

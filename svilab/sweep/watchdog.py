@@ -84,3 +84,6 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+__all__ = ["descendants", "main", "watch"]

@@ -87,8 +87,8 @@ def check_params(params, D: int = 2, dtype=torch.float64) -> torch.Tensor:
     """Guide parameters as a ``(D, 2)`` tensor [(loc, scale) per latent]; raise on NaN or scale <= 0."""
     p = torch.as_tensor(params, dtype=dtype)
     if p.numel() != 2 * D:
-        raise ValueError(f"guide parameters: expected {2 * D} numbers "
-                         f"(mu_u, sigma_u, mu_v, sigma_v), got {p.numel()}")
+        what = "mu_u, sigma_u, mu_v, sigma_v" if D == 2 else f"a loc and a scale for each of the {D} latent coordinates"
+        raise ValueError(f"guide parameters: expected {2 * D} numbers ({what}), got {p.numel()}")
     p = p.reshape(D, 2)
     if not torch.isfinite(p).all():
         raise ValueError(f"guide parameters must be finite, got {p.flatten().tolist()}")
@@ -151,3 +151,6 @@ def mean_and_se(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if n < 2:
         raise ValueError("need at least 2 repetitions for a standard deviation (reps >= 2)")
     return values.mean(0), values.std(0) / math.sqrt(n)
+
+
+__all__ = ["Estimator", "Target", "check_params", "estimate", "mean_and_se", "to_rows"]

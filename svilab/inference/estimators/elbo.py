@@ -24,3 +24,6 @@ class ELBOEstimator(Estimator):
         z = family.sample(params, eps)                              # (D, R, M)
         f = target(z) - family.log_prob(params, z).sum(0)           # (R, M)
         return f.mean(-1)
+
+
+__all__ = ["ELBOEstimator"]

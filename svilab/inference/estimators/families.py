@@ -332,3 +332,6 @@ def get_family(name: str | Family) -> Family:
     from svilab.validation import choice
 
     return FAMILIES[choice(name, list(FAMILIES), "guide family")]
+
+
+__all__ = ["Family", "GaussianFamily", "LogNormalFamily", "TruncatedNormalFamily", "get_family"]

@@ -53,3 +53,6 @@ def pyro_noise(family: Family | str, M: int, seed: int, dtype=torch.float64) -> 
     eu = fam.pyro_uniform_noise((M, 1), dtype)
     ev = fam.pyro_uniform_noise((M, 1), dtype)
     return torch.stack((eu.reshape(1, M), ev.reshape(1, M)), 0)
+
+
+__all__ = ["pyro_elbo_gradient", "pyro_noise"]

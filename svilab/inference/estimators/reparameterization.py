@@ -84,3 +84,6 @@ class ReparameterizationQMC(Reparameterization):
         eps = (torch.bitwise_xor(ints, shift).to(torch.float64) + jitter) / 2**_BITS
         tiny = torch.finfo(dtype).eps * 0.5
         return eps.to(dtype).clamp_(tiny, 1 - tiny)
+
+
+__all__ = ["Reparameterization", "ReparameterizationEntropy", "ReparameterizationQMC", "ReparameterizationSTL"]

@@ -69,3 +69,6 @@ class ScoreFunctionOptimalCV(Estimator):
         den = s2.sum(-1, keepdim=True) - s2
         a = num / torch.where(den > 0, den, torch.ones_like(den))
         return to_rows((f - a) * s)
+
+
+__all__ = ["ScoreFunction", "ScoreFunctionLOO", "ScoreFunctionOptimalCV"]

@@ -1,0 +1,144 @@
+"""The Python API (#17): one import, Pyro's SVI signature with Pyro's numbers, every option used or
+refused, and the docstring examples run."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+import subprocess
+import sys
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import SVI as PyroSVI
+from pyro.infer import RenyiELBO, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
+
+import svilab
+
+
+def regression(X, y=None, prior_scale=10.0):
+    beta = pyro.sample("beta", dist.Normal(0.0, prior_scale).expand([X.shape[1]]).to_event(1))
+    sigma = pyro.sample("sigma", dist.HalfNormal(2.0))
+    with pyro.plate("data", X.shape[0]):
+        return pyro.sample("y", dist.Normal((X @ beta.unsqueeze(-1)).squeeze(-1), sigma.unsqueeze(-1)), obs=y)
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(40, 2, generator=g)
+    y = X @ torch.tensor([1.0, -2.0]) + 0.5 * torch.randn(40, generator=g)
+    return X, y
+
+
+def test_import_svilab_is_light_and_every_public_name_resolves():
+    """``import svilab`` loads no torch (the sweep's watchdog imports it); every name of its
+    ``__all__`` and of every module's ``__all__`` exists."""
+    out = subprocess.run([sys.executable, "-c", "import sys, svilab; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    missing = [n for n in svilab.__all__ if getattr(svilab, n, None) is None]
+    assert not missing
+    without = []
+    for info in pkgutil.walk_packages(svilab.__path__, "svilab."):
+        if ".experiments." in info.name or info.name.endswith("__main__"):
+            continue
+        mod = importlib.import_module(info.name)
+        public = [n for n, v in vars(mod).items() if not n.startswith("_") and getattr(v, "__module__", None) == mod.__name__
+                  and callable(v)]
+        if public and not hasattr(mod, "__all__"):
+            without.append(info.name)
+        for n in getattr(mod, "__all__", []):
+            assert hasattr(mod, n), f"{info.name}.__all__ names {n}, which does not exist"
+    assert not without, f"modules without __all__: {without}"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        svilab.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("optim", ["adam", "clipped", "sgd"])
+def test_svi_with_pyro_s_signature_gives_pyro_s_numbers(data, optim):
+    """svilab.SVI(model, guide, optim, loss).step(X, y) against pyro.infer.SVI with the same
+    optimizer and seed: the same losses and parameters after 50 steps. Adam and ClippedAdam run in
+    svilab's fused kernel (to float rounding: torch's Adam adds eps after the bias correction, Pyro's
+    ClippedAdam before, 1e-8 apart); any other optimizer (SGD) runs as Pyro runs it (the same
+    parameters bit for bit; the losses as float32 sums, Pyro's as float64 sums of particles)."""
+    X, y = data
+    make = {"adam": lambda: pyro.optim.Adam({"lr": 0.05}),
+            "clipped": lambda: pyro.optim.ClippedAdam({"lr": 0.05, "clip_norm": 2.0, "lrd": 0.99}),
+            "sgd": lambda: pyro.optim.SGD({"lr": 0.002})}[optim]
+    runs = []
+    for cls in (PyroSVI, svilab.SVI):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(1)
+        guide = AutoNormal(regression)
+        svi = cls(regression, guide, make(), Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1))
+        losses = [svi.step(X, y=y) for _ in range(50)]
+        runs.append((np.array(losses), {k: v.detach().clone() for k, v in pyro.get_param_store().items()}))
+    (l0, p0), (l1, p1) = runs
+    tol = 0.0 if optim == "sgd" else 1e-5
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    assert p0.keys() == p1.keys()
+    for k in p0:
+        torch.testing.assert_close(p1[k], p0[k], rtol=tol, atol=tol)
+    assert np.ptp(l0) > 1.0          # the run moved: the comparison is not of two starting points
+
+
+def test_svi_run_passes_every_argument_to_the_model_and_guards_any_optimizer(data):
+    """run(num_steps, *args, **kwargs): keywords named like svilab options (steps, seed) reach the
+    model; a divergent SGD run stops with DivergenceError keeping the last finite parameters."""
+    X, y = data
+    seen = {}
+
+    def model(X, y=None, steps=None, seed=None):
+        seen.update(steps=steps, seed=seed)
+        return regression(X, y)
+
+    pyro.clear_param_store()
+    svi = svilab.SVI(model, AutoNormal(model), svilab.ClippedAdam(lr=0.05, lr_final=0.005), Trace_ELBO())
+    result = svi.run(20, X, y=y, steps=7, seed=3)
+    assert seen == {"steps": 7, "seed": 3} and result.steps_done == 20
+    pyro.clear_param_store()
+    svi = svilab.SVI(regression, AutoNormal(regression), pyro.optim.SGD({"lr": 1e6}), Trace_ELBO(), check_every=5)
+    with pytest.raises(svilab.DivergenceError, match="smaller learning rate") as exc:
+        svi.run(200, X, y=y)
+    assert exc.value.result.steps_done < 200
+    assert all(torch.isfinite(v).all() for v in pyro.get_param_store().values())
+
+
+def test_fit_takes_model_keywords_and_refuses_options_it_would_ignore(data):
+    X, y = data
+    pyro.clear_param_store()
+    r = svilab.fit(regression, AutoNormal(regression), X, y=y, prior_scale=5.0, steps=20, seed=0)
+    assert r.steps_done == 20
+    cases = [
+        (dict(loss=Trace_ELBO(), num_particles=64), "num_particles=64, which a loss object would ignore"),
+        (dict(loss=Trace_ELBO(), alpha=0.3), "alpha=0.3"),
+        (dict(optim=pyro.optim.Adam({"lr": 0.1}), lr=0.5), "lr=0.5, which that optimizer would ignore"),
+        (dict(loss="renyi", num_particles=2, jit=True), "'renyi' has no JIT-compiled variant"),
+        (dict(prior_scal=5.0), "unexpected keyword argument 'prior_scal'"),
+        (dict(model_kwargs={"prior_scale": 1.0}, prior_scale=2.0), "both as keywords and in model_kwargs"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises((ValueError, TypeError), match=message):
+            svilab.fit(regression, AutoNormal(regression), X, y=y, steps=2, **kwargs)
+    with pytest.raises(ValueError, match="cannot be compiled"):
+        svilab.fit(regression, svilab.make_guide("flow", regression), X, y=y, steps=2, jit=True)
+    with pytest.raises(TypeError, match="optim must be a pyro.optim optimizer"):
+        svilab.SVI(regression, AutoNormal(regression), torch.optim.Adam, Trace_ELBO())
+
+
+def test_renyi_by_name_has_pyro_s_default_alpha():
+    """make_loss('renyi') is RenyiELBO() (alpha 0, the IWAE bound), as in Pyro."""
+    assert svilab.make_loss("renyi", num_particles=2).alpha == RenyiELBO().alpha == 0.0
+
+
+@pytest.mark.parametrize("module", ["svilab", "svilab.inference.svi", "svilab.inference.optim",
+                                    "svilab.inference.estimators"])
+def test_docstring_examples_run(module):
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
