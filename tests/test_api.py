@@ -49,8 +49,8 @@ def test_import_svilab_is_light_and_every_public_name_resolves():
         if ".experiments." in info.name or info.name.endswith("__main__"):
             continue
         mod = importlib.import_module(info.name)
-        public = [n for n, v in vars(mod).items() if not n.startswith("_") and getattr(v, "__module__", None) == mod.__name__
-                  and callable(v)]
+        public = [n for n, v in vars(mod).items()
+                  if not n.startswith("_") and getattr(v, "__module__", None) == mod.__name__ and callable(v)]
         if public and not hasattr(mod, "__all__"):
             without.append(info.name)
         for n in getattr(mod, "__all__", []):

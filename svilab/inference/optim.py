@@ -125,7 +125,8 @@ class GuardedAdam:
                 torch._foreach_add_(steps, 1)
                 torch._fused_adam_([self.params[i] for i in idx], [self.params[i].grad for i in idx],
                                    [self.exp_avg[i] for i in idx], [self.exp_avg_sq[i] for i in idx], [], steps,
-                                   lr=lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=self.weight_decay, eps=self.eps,
+                                   lr=lr, beta1=self.betas[0], beta2=self.betas[1],
+                                   weight_decay=self.weight_decay, eps=self.eps,
                                    amsgrad=False, maximize=False, grad_scale=None, found_inf=self.found_inf)
                 torch._foreach_sub_(steps, [self.found_inf] * len(steps))   # a skipped step is not counted
             for i in live:

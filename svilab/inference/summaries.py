@@ -241,4 +241,5 @@ def parameter_table(methods: Sequence[MethodResult], reference: Reference | None
     return pd.DataFrame(rows).set_index(["method", "parameter"])
 
 
-__all__ = ["ELBOEstimate", "MethodResult", "comparison_table", "draws_inference_data", "elbo_estimate", "guide_inference_data", "mcmc_inference_data", "parameter_table", "summary"]
+__all__ = ["ELBOEstimate", "MethodResult", "comparison_table", "draws_inference_data", "elbo_estimate",
+           "guide_inference_data", "mcmc_inference_data", "parameter_table", "summary"]
