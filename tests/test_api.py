@@ -138,7 +138,7 @@ def test_renyi_by_name_has_pyro_s_default_alpha():
 
 
 @pytest.mark.parametrize("module", ["svilab", "svilab.inference.svi", "svilab.inference.optim",
-                                    "svilab.inference.estimators"])
+                                    "svilab.inference.estimators", "svilab.inference.jsd_elbo"])
 def test_docstring_examples_run(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

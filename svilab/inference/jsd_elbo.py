@@ -14,9 +14,17 @@ and the loss is :math:`-\mathcal L_{\mathrm{GJS}}` (the expectation by reparamet
 It is *not* a bound on :math:`\log p(x)` for other alpha: compare models trained with it by the
 true ELBO and the importance-weighted log-likelihood (:mod:`svilab.inference.vae_eval`).
 
-Every latent site of the guide and of the model must be a (diagonal) Normal: anything else is a
-ValueError naming the site. ``plain pyro.infer.SVI`` accepts it; :class:`JitGeometricJSD_ELBO`
-compiles it with Pyro's JIT (``jit=True`` in :func:`make_gjs_loss`).
+Each latent site needs its own guide distribution, as :class:`~pyro.infer.TraceMeanField_ELBO`'s KL
+terms do: the guide's site itself, or for a site that the guide draws through an auxiliary
+variable (``AutoNormal``: a Normal in the unconstrained space pushed through the support's
+bijection to a ``Delta`` site) the auxiliary distribution against the prior carried to the same
+unconstrained space (the divergence is invariant under a bijection applied to both). The divergence
+is in closed form where both sides are (diagonal) Normal (a real-valued latent with a Normal prior
+under ``AutoNormal`` included), and by Monte Carlo with ``mc_samples`` draws of each side otherwise
+(:func:`~svilab.inference.divergences.geometric_js_mc`). A guide that draws several sites jointly
+(``AutoMultivariateNormal``, ``AutoDiagonalNormal``, a flow: one auxiliary vector for all sites) is
+a ValueError that says so, as is an auxiliary site with no model site to pair it with.
+Plain ``pyro.infer.SVI`` accepts it; :class:`JitGeometricJSD_ELBO` compiles it with Pyro's JIT.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.util import torch_item
+from torch.distributions import Independent, TransformedDistribution, biject_to
+from torch.distributions.transforms import ComposeTransform, IndependentTransform
 
 from svilab.inference.divergences import check_alpha, geometric_js
 from svilab.inference.jit_elbo import JitTraceMeanField_ELBO
@@ -37,10 +47,30 @@ class GeometricJSD_ELBO(TraceMeanField_ELBO):
     :param alpha: skew in [0, 1].
     :param dual: use the dual form GJS*.
     :param beta: weight of the divergence term.
+    :param mc_samples: draws of each side for a site without a closed form (>= 2).
     :param kwargs: passed to :class:`pyro.infer.ELBO` (``num_particles``, ``vectorize_particles``, ...).
+
+    >>> import pyro, pyro.distributions as dist, torch, svilab
+    >>> from pyro.infer.autoguide import AutoNormal
+    >>> def model(x):
+    ...     rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))        # positive: Monte Carlo divergence
+    ...     loc = pyro.sample("loc", dist.Normal(0.0, 5.0))         # real, Normal prior: closed form
+    ...     with pyro.plate("data", len(x)):
+    ...         pyro.sample("x", dist.Normal(loc, 1.0 / rate.sqrt()), obs=x)
+    >>> pyro.clear_param_store(); pyro.set_rng_seed(0)
+    >>> guide = AutoNormal(model)
+    >>> x = torch.tensor([0.5, 1.5, 1.0, 2.0])
+    >>> svi = svilab.SVI(model, guide, svilab.ClippedAdam(lr=0.05), svilab.GJS_ELBO(alpha=0.5))
+    >>> result = svi.run(300, x)
+    >>> bool(result.final_loss < result.history[0])
+    True
     """
 
-    def __init__(self, alpha: float = 0.5, dual: bool = False, beta: float = 1.0, **kwargs) -> None:
+    def __init__(self, alpha: float = 0.5, dual: bool = False, beta: float = 1.0, mc_samples: int = 64,
+                 **kwargs) -> None:
+        self.mc_samples = int(mc_samples)
+        if self.mc_samples < 2:
+            raise ValueError(f"mc_samples must be >= 2, got {mc_samples}")
         self.alpha = check_alpha(alpha)
         self.dual = bool(dual)
         self.beta = finite(beta, "beta")
@@ -50,24 +80,61 @@ class GeometricJSD_ELBO(TraceMeanField_ELBO):
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         objective = 0.0
+        paired: set[str] = set()
         for name, model_site in model_trace.nodes.items():
             if model_site["type"] != "sample":
                 continue
             if model_site["is_observed"]:
                 objective = objective + model_site["log_prob_sum"]
                 continue
-            guide_site = guide_trace.nodes[name]
+            q, p, used = _site_pair(name, model_site, guide_trace)
+            paired.update(used)
             try:
-                div = geometric_js(guide_site["fn"], model_site["fn"], self.alpha, self.dual)
+                div = geometric_js(q, p, self.alpha, self.dual, num_samples=self.mc_samples)
             except ValueError as exc:
                 raise ValueError(f"latent site {name!r}: {exc}") from None
-            div = scale_and_mask(div, scale=guide_site["scale"], mask=guide_site["mask"])
+            div = scale_and_mask(div, scale=guide_trace.nodes[name]["scale"], mask=guide_trace.nodes[name]["mask"])
             objective = objective - self.beta * div.sum()
         for name, guide_site in guide_trace.nodes.items():
-            if guide_site["type"] == "sample" and name not in model_trace.nodes:
-                raise ValueError(f"guide site {name!r} has no model counterpart (auxiliary sites are not supported)")
+            if guide_site["type"] == "sample" and name not in model_trace.nodes and name not in paired:
+                raise ValueError(f"guide site {name!r} has no model site to pair it with: the GJS objective needs "
+                                 "a guide distribution per latent site (an auxiliary variable is allowed only as "
+                                 "AutoNormal uses it, one per site)")
         loss = -(objective.detach() if torch._C._get_tracing_state() else torch_item(objective))
         return loss, -objective
+
+
+def _unwrap(d):
+    while isinstance(d, Independent):
+        d = d.base_dist
+    return d
+
+
+def _is_identity(t) -> bool:
+    while isinstance(t, IndependentTransform):
+        t = t.base_transform
+    return isinstance(t, ComposeTransform) and not t.parts
+
+
+def _site_pair(name: str, model_site: dict, guide_trace) -> tuple:
+    """The guide's and the prior's distribution of latent site ``name`` on one space, and the guide
+    sites they use (module docstring)."""
+    guide_site = guide_trace.nodes.get(name)
+    if guide_site is None or guide_site["type"] != "sample":
+        raise ValueError(f"latent site {name!r} of the model is not in the guide")
+    if type(_unwrap(guide_site["fn"])).__name__ != "Delta":
+        return guide_site["fn"], model_site["fn"], {name}
+    aux = guide_trace.nodes.get(f"{name}_unconstrained")             # AutoNormal's per-site auxiliary
+    if aux is not None and aux["type"] == "sample" and aux["infer"].get("is_auxiliary"):
+        prior = model_site["fn"]
+        t = biject_to(prior.support)
+        if not _is_identity(t):
+            prior = TransformedDistribution(prior, [t.inv])
+        return aux["fn"], prior, {name, aux["name"]}
+    raise ValueError(f"latent site {name!r}: the guide gives it no distribution of its own (a Delta site; an "
+                     "AutoContinuous guide such as AutoMultivariateNormal, AutoDiagonalNormal or a flow draws all "
+                     "sites jointly): the GJS objective needs one guide distribution per latent site, e.g. "
+                     "AutoNormal or a hand-written guide")
 
 
 class JitGeometricJSD_ELBO(GeometricJSD_ELBO, JitTraceMeanField_ELBO):
