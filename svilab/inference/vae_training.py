@@ -38,7 +38,7 @@ class TrainStep:
     and then. The model and guide are bound once: ``vae.model`` is a new bound-method object each
     time it is read."""
 
-    def __init__(self, vae: VAE, optim: GuardedAdam, loss_fn, jit: bool = False) -> None:
+    def __init__(self, vae, optim: GuardedAdam, loss_fn, jit: bool = False) -> None:
         self.model, self.guide = vae.model, vae.guide
         self.optim, self.loss_fn = optim, loss_fn
         self.compile = jit
@@ -62,7 +62,7 @@ def epoch_batches(n: int, batch: int, seed: int, epoch: int) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def objective_per_image(loss_fn, vae: VAE, x: torch.Tensor, batch: int = 1000) -> float:
+def objective_per_image(loss_fn, vae, x: torch.Tensor, batch: int = 1000) -> float:
     """The training objective (``loss_fn.loss``) per image on ``x``."""
     total = sum(loss_fn.loss(vae.model, vae.guide, x[i:i + batch]) for i in range(0, len(x), batch))
     return total / len(x)
@@ -85,7 +85,7 @@ class TrainingResult:
     :ivar stopped_by_time: the time limit ended the run before ``epochs``.
     """
 
-    vae: VAE
+    vae: object
     history: list[dict]
     stopped_by_time: bool = False
 
@@ -95,14 +95,32 @@ class TrainingResult:
         return float(np.mean(secs)) if secs else None
 
 
-def train_vae(vae: VAE, data: MNISTData, loss_fn, eval_loss_fn, *, epochs: int, seed: int, lr: float,
+def _as_data(data) -> MNISTData:
+    if isinstance(data, tuple):
+        if len(data) != 2 or not all(isinstance(t, torch.Tensor) and t.dim() == 2 for t in data):
+            raise ValueError("data must be an MNISTData or a pair (train_x, val_x) of (N, D) tensors")
+        empty = torch.zeros(0, dtype=torch.long)
+        return MNISTData(train_x=data[0], train_y=empty, val_x=data[1], val_y=empty, test_x=data[1][:0],
+                         test_y=empty, binary=False, root="")
+    for attr in ("train_x", "val_x"):
+        if not hasattr(data, attr):
+            raise ValueError(f"data has no {attr!r}: give an MNISTData or a pair (train_x, val_x) of tensors")
+    return data
+
+
+def train_vae(vae, data, loss_fn, eval_loss_fn=None, *, epochs: int, seed: int, lr: float,
               batch_size: int, jit: bool = False, resume: dict | None = None, time_limit_s: float | None = None,
               on_epoch: Callable[[dict], None] | None = None, say: Callable[[str], None] | None = None,
               label: str = "loss", progress: bool | None = None) -> TrainingResult:
     """Train ``vae`` on ``data.train_x`` for ``epochs`` epochs (from ``resume["epoch"] + 1``).
 
+    :param vae: svilab's :class:`~svilab.models.vae.VAE` or any ``torch.nn.Module`` with Pyro
+        ``model(x)`` and ``guide(x)`` methods whose networks are its submodules (all of its
+        parameters are trained; the images must sit in a ``pyro.plate``).
+    :param data: an :class:`~svilab.data.mnist.MNISTData` (binarized afresh each epoch when
+        ``data.binary``) or a pair ``(train_x, val_x)`` of ``(N, D)`` tensors.
     :param loss_fn: the training ELBO (a Pyro ELBO object; JIT when ``jit``).
-    :param eval_loss_fn: the same objective, eager, for the validation loss.
+    :param eval_loss_fn: the same objective, eager, for the validation loss (default ``loss_fn``).
     :param resume: a state from ``on_epoch`` (``model``, ``optim``, ``rng``, ``history``, ``epoch``).
     :param time_limit_s: stop after the epoch during which this much training time has passed.
     :param on_epoch: called after every epoch with ``{"epoch" (0-based), "model", "optim", "rng",
@@ -111,6 +129,11 @@ def train_vae(vae: VAE, data: MNISTData, loss_fn, eval_loss_fn, *, epochs: int, 
     :raises DivergenceError: a NaN/inf loss or gradient (``on_epoch`` was last called for the epoch before).
     :raises ValueError: fewer training images than one batch.
     """
+    data = _as_data(data)
+    eval_loss_fn = loss_fn if eval_loss_fn is None else eval_loss_fn
+    if not (hasattr(vae, "model") and hasattr(vae, "guide") and hasattr(vae, "parameters")):
+        raise TypeError(f"vae must be a torch.nn.Module with Pyro model(x) and guide(x) methods, got "
+                        f"{type(vae).__name__}")
     if len(data.train_x) < batch_size:
         raise ValueError(f"only {len(data.train_x)} training images for batch size {batch_size}")
     steps_per_epoch = len(data.train_x) // batch_size
@@ -149,7 +172,8 @@ def train_vae(vae: VAE, data: MNISTData, loss_fn, eval_loss_fn, *, epochs: int, 
                     bar.set_postfix(loss=f"{optim.losses(first).mean() / batch_size:.2f}")
         total = float(optim.losses(first).sum())
         seconds = time.perf_counter() - t0
-        val_elbo, _ = vae_eval.elbo(vae, data.val_x)
+        val_elbo, _ = (vae_eval.elbo(vae, data.val_x) if isinstance(vae, VAE)
+                       else vae_eval.elbo(vae.model, vae.guide, data.val_x))
         row = {"epoch": epoch + 1, "train_loss": total / (len(idx) * batch_size),
                "val_loss": objective_per_image(eval_loss_fn, vae, data.val_x), "val_elbo": val_elbo,
                "seconds": seconds}
