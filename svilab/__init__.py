@@ -23,7 +23,7 @@ diagnostics               pareto_k, pareto_k_warnings, importance_warnings, conv
 reference                 read_reference, ExactPosterior, cavi
 NUTS                      run_nuts
 estimator lab             estimate, get_estimator, register_estimator, get_family, ESTIMATORS,
-                          unconstrained_target
+                          unconstrained_target, reference_gradient
 VAE                       VAE, VAEConfig, train_vae, vae_elbo, iwae_log_likelihood, load_mnist
 models                    PoissonGamma, load_user_model
 ========================  =========================================================================
@@ -70,6 +70,7 @@ _add("svilab.inference.reference", "read_reference")
 _add("svilab.inference.exact", "ExactPosterior")
 _add("svilab.inference.cavi", "cavi")
 _add("svilab.inference.mcmc", "run_nuts")
+_add("svilab.inference.estimators.reference", "reference_gradient")
 _add("svilab.inference.estimators", "estimate", "get_estimator", "register_estimator", "get_family", "ESTIMATORS")
 _add("svilab.inference.potential", "unconstrained_target")
 _add("svilab.models.vae", "VAE", "VAEConfig")

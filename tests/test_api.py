@@ -22,8 +22,8 @@ import svilab
 
 
 def regression(X, y=None, prior_scale=10.0):
-    beta = pyro.sample("beta", dist.Normal(0.0, prior_scale).expand([X.shape[1]]).to_event(1))
-    sigma = pyro.sample("sigma", dist.HalfNormal(2.0))
+    beta = pyro.sample("beta", dist.Normal(X.new_zeros(()), prior_scale).expand([X.shape[1]]).to_event(1))
+    sigma = pyro.sample("sigma", dist.HalfNormal(X.new_tensor(2.0)))
     with pyro.plate("data", X.shape[0]):
         return pyro.sample("y", dist.Normal((X @ beta.unsqueeze(-1)).squeeze(-1), sigma.unsqueeze(-1)), obs=y)
 
@@ -138,7 +138,30 @@ def test_renyi_by_name_has_pyro_s_default_alpha():
 
 
 @pytest.mark.parametrize("module", ["svilab", "svilab.inference.svi", "svilab.inference.optim",
-                                    "svilab.inference.estimators", "svilab.inference.jsd_elbo"])
+                                    "svilab.inference.estimators", "svilab.inference.jsd_elbo",
+                                    "svilab.inference.estimators.reference"])
 def test_docstring_examples_run(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_gradient_lab_refuses_a_family_that_does_not_fit_the_target():
+    """A user model's target is its unconstrained space (the real line): the truncated ``normal``
+    family, which draws positive z, is refused by name instead of giving wrong means; the
+    Poisson-Gamma target takes it; a wrong-length point names the dimension."""
+    from svilab.inference.estimators import Target, estimate
+
+    def regression_2(X, y=None):
+        return regression(X, y)
+
+    X = torch.randn(10, 2, dtype=torch.float64)
+    target = svilab.unconstrained_target(regression_2, X, X @ torch.tensor([1.0, -1.0], dtype=torch.float64))
+    assert target.dim == 3 and target.support == "real"
+    with pytest.raises(ValueError, match="family 'normal' draws positive z, but this target lives on the real "
+                                         "line .*use 'gaussian'"):
+        estimate("reparam", target, "normal", [0.0, 0.1] * 3, M=4, reps=2)
+    with pytest.raises(ValueError, match="expected 6 numbers \\(a loc and a scale for each of the 3 latent"):
+        estimate("reparam", target, "gaussian", [0.0, 0.1] * 2, M=4, reps=2)
+    assert estimate("reparam", target, "gaussian", [0.0, 0.1] * 3, M=4, reps=2).shape == (2, 6)
+    pg = Target.from_poisson_gamma(svilab.PoissonGamma())
+    assert estimate("reparam", pg, "normal", [5.0, 0.5, 1.0, 0.2], M=4, reps=2).shape == (2, 4)

@@ -23,14 +23,12 @@ import torch
 from svilab.experiments.common import Reporter, add_model_args, add_run_args, model_from_args, run_folder
 from svilab.experiments.runs import RunFolder
 from svilab.inference.estimators import GRADIENT_ESTIMATORS, PARAM_NAMES, Target, estimate, get_estimator
-from svilab.inference.exact_elbo import exact_elbo_and_grad
+from svilab.inference.estimators.reference import REFERENCE_SAMPLES, reference_gradient
 from svilab.models.poisson_gamma import PoissonGamma
 from svilab.validation import parse_floats, positive_int
 
 NOTEBOOK_POINT = (5.0, 0.5, 1.0, 0.2)
 DEFAULT_POINTS = {"normal": NOTEBOOK_POINT, "lognormal": (1.55, 0.1, -0.1, 0.2)}
-#: samples behind the reference gradient of a model with more than 2 latent dims
-REFERENCE_SAMPLES = 2**20
 
 
 @dataclass
@@ -53,17 +51,9 @@ class Lab:
 
 
 def exact_reference(target: Target, family: str, point, seed: int = 0, samples: int = REFERENCE_SAMPLES):
-    """(elbo, elbo se, grad, grad se, method): quadrature for <= 2 dims, else a large-M Monte Carlo
-    reference (reparameterization gradient, ``samples`` draws in 64 batches, with its standard error)."""
-    if target.dim <= 2:
-        elbo, grad = exact_elbo_and_grad(target, family, point)
-        return elbo, 0.0, grad.numpy(), np.zeros(len(grad)), "quadrature"
-    batches = 64
-    m = max(1, samples // batches)
-    g = estimate("reparam", target, family, point, m, batches, seed=seed + 10_007).numpy()
-    v = estimate("elbo", target, family, point, m, batches, seed=seed + 20_011).numpy()
-    return (float(v.mean()), float(v.std(ddof=1) / math.sqrt(batches)), g.mean(0),
-            g.std(0, ddof=1) / math.sqrt(batches), f"Monte Carlo reference ({m * batches} reparameterization samples)")
+    """(elbo, elbo se, grad, grad se, method): :func:`svilab.inference.estimators.reference.reference_gradient`."""
+    r = reference_gradient(target, family, point, seed, samples)
+    return r.elbo, r.elbo_se, r.grad, r.grad_se, r.method
 
 
 def poisson_gamma_lab(model: PoissonGamma, family: str, point) -> Lab:

@@ -48,7 +48,7 @@ class UnconstrainedTarget(Target):
             self.transforms[name], self.shapes[name] = t, ushape
             self.sizes[name] = math.prod(ushape)
             names += [name] if not ushape else [f"{name}[{i + 1}]" for i in range(self.sizes[name])]
-        super().__init__(self._log_joint, None, dim=sum(self.sizes.values()))
+        super().__init__(self._log_joint, None, dim=sum(self.sizes.values()), support="real")
         #: coordinate names, Stan's style (``beta[2]``)
         self.names = tuple(names)
         cells = max(1, sum(v.numel() for v in sites.observed.values()))

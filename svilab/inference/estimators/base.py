@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from svilab.inference.estimators.families import Family, get_family
+from svilab.inference.estimators.families import FAMILIES, Family, get_family
 from svilab.memory import check_memory
 from svilab.validation import positive_int
 
@@ -35,12 +35,18 @@ class Target:
     :param log_joint: function ``z -> (*B)``.
     :param grad: optional function ``z -> (D, *B)``, the gradient of ``log_joint`` in z;
         computed with ``torch.autograd`` when omitted.
+    :param support: where z lives, ``"positive"`` or ``"real"`` (None: not checked); a family whose
+        draws live elsewhere is refused by :func:`estimate`.
     """
 
-    def __init__(self, log_joint: Callable, grad: Callable | None = None, dim: int = 2) -> None:
+    def __init__(self, log_joint: Callable, grad: Callable | None = None, dim: int = 2,
+                 support: str | None = None) -> None:
         self.log_joint = log_joint
         self._grad = grad
         self.dim = dim
+        if support not in (None, "positive", "real"):
+            raise ValueError(f"support must be 'positive', 'real' or None, got {support!r}")
+        self.support = support
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return self.log_joint(z)
@@ -60,7 +66,7 @@ class Target:
         :meth:`~svilab.models.PoissonGamma.grad_log_joint` (the guide families here only produce
         positive z)."""
         return cls(lambda z: model.log_joint_positive(z[0], z[1]),
-                   lambda z: torch.stack(model.grad_log_joint(z[0], z[1]), 0))
+                   lambda z: torch.stack(model.grad_log_joint(z[0], z[1]), 0), support="positive")
 
 
 class Estimator:
@@ -97,6 +103,17 @@ def check_params(params, D: int = 2, dtype=torch.float64) -> torch.Tensor:
     return p
 
 
+def check_family(family: Family, target: Target) -> None:
+    """A ValueError when the family's draws live where the target does not (e.g. the truncated
+    ``normal`` family on a model's unconstrained space, which is the whole real line)."""
+    support = getattr(target, "support", None)
+    if support is not None and family.support != support:
+        fits = [n for n, f in FAMILIES.items() if f.support == support]
+        where = {"real": "the real line (a model's unconstrained space)", "positive": "(0, inf)"}[support]
+        raise ValueError(f"family {family.name!r} draws {family.support} z, but this target lives on {where}: "
+                         f"use {' or '.join(repr(n) for n in fits)}")
+
+
 #: measured peak memory per sample and latent coordinate, in units of the float size (tests/test_reliability.py)
 BYTES_PER_SAMPLE_COORD = 24
 
@@ -116,6 +133,7 @@ def estimate(estimator: Estimator | str, target: Target, family: Family | str, p
 
     est = get_estimator(estimator)
     fam = get_family(family)
+    check_family(fam, target)
     M = positive_int(M, "M (samples per estimate)", est.min_samples)
     reps = positive_int(reps, "reps (repetitions)", 1)
     p = check_params(params, target.dim, dtype)
@@ -153,4 +171,4 @@ def mean_and_se(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values.mean(0), values.std(0) / math.sqrt(n)
 
 
-__all__ = ["Estimator", "Target", "check_params", "estimate", "mean_and_se", "to_rows"]
+__all__ = ["Estimator", "Target", "check_family", "check_params", "estimate", "mean_and_se", "to_rows"]

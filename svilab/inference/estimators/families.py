@@ -87,6 +87,9 @@ class Family:
     """Interface of a mean-field family (see module docstring). ``params``: shape (D, 2)."""
 
     name: str = ""
+    #: where z lives: ``"positive"`` or ``"real"`` (:func:`~svilab.inference.estimators.estimate` checks it
+    #: against the target's)
+    support: str = "real"
 
     def sample(self, params, eps):
         """z = T(eps; params); eps uniform, shape (D, *B)."""
@@ -144,6 +147,7 @@ class TruncatedNormalFamily(Family):
     """Normal(loc, scale) truncated to (0, inf), per coordinate."""
 
     name = "normal"
+    support = "positive"
     #: above this alpha, dt/dalpha < 5e-17 wherever t > -alpha/2 (bound exp(-3 alpha^2 / 8))
     _FAST_ALPHA = 10.0
 
@@ -232,6 +236,7 @@ class LogNormalFamily(Family):
     """LogNormal(loc, scale) per coordinate (loc, scale of log z)."""
 
     name = "lognormal"
+    support = "positive"
 
     def sample(self, params, eps):
         mu, sigma = _split(params, eps)
