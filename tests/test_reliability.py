@@ -387,7 +387,7 @@ def test_a_guide_that_ran_away_is_left_out_and_the_rest_of_the_run_is_kept(tmp_p
     res = json.loads(cap.out)
     assert [m["name"] for m in res["methods"]] == ["nuts"]
     assert [f["name"] for f in res["failed"]] == ["mvn", "lognormal"]
-    assert all("try a smaller --lr" in f["error"] for f in res["failed"])
+    assert all("try a smaller learning rate" in f["error"] for f in res["failed"])
     for name in ("mvn", "lognormal"):
         assert f"warning: {name}: left out of the comparison" in cap.err
     assert (out / "comparison.csv").exists() and (out / "inference_data" / "nuts.nc").exists()

@@ -128,7 +128,8 @@ def convergence_warnings(history: np.ndarray, steps_done: int, tol: float = 0.01
     if ok:
         return []
     return [f"not converged: the loss was still falling at the end ({drop:.3g} nats over the last 10% of "
-            f"{steps_done} steps, {drop / se:.0f} standard errors); run more --steps or raise --lr"]
+            f"{steps_done} steps, {drop / se:.0f} standard errors); run more steps or raise the learning rate "
+            "(--steps, --lr)"]
 
 
 def mcmc_warnings(summary, divergences: int, num_chains: int, num_draws: int) -> list[str]:

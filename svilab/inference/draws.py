@@ -83,7 +83,7 @@ def _vectorization_error(exc: Exception, n: int, nesting: int) -> ValueError:
     invalid = "constraint" in str(exc) or first.startswith("Expected parameter")   # torch's invalid-argument error
     if not any(w in first.lower() for w in _SHAPE_WORDS) or invalid:
         return ValueError(f"evaluating the model on draws of the posterior approximation failed: {first} (a guide "
-                          "whose parameters ran away gives this: try a smaller --lr)")
+                          "whose parameters ran away gives this: try a smaller learning rate, --lr)")
     return VectorizationError(
         f"the model could not be evaluated on {n} draws at once (a particle plate at dim {-(nesting + 1)}): "
         "write it so that latent values may carry extra batch dims on the left, e.g. (X * beta).sum(-1) "

@@ -22,9 +22,24 @@ read, which in Pyro's key would compile again, and keep the old graph alive, on 
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import pyro
 import pyro.infer
 import pyro.util
+import torch
+
+
+@contextlib.contextmanager
+def quiet_tracing():
+    """Silence what tracing the ELBO is expected to say: torch's TracerWarnings (a Python value read
+    off a tensor is frozen into the graph: Pyro's models do this by design) and torch 2.x's
+    deprecation notice for ``torch.jit.trace``. Other warnings pass."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated")
+        yield
 
 
 class _DirectCall:
@@ -83,13 +98,15 @@ class _CompiledPerPair:
         key = _key(model, guide)
         if key not in compiled:
             setattr(self, self._compiled_attr, None)             # make Pyro build a new one for this pair
-            out = build(model, guide, *args, **kwargs)
+            with quiet_tracing():
+                out = build(model, guide, *args, **kwargs)
             compiled[key] = [getattr(self, self._compiled_attr), model, guide, None]
             return out
         fn, model0, guide0, direct = compiled[key]
         kwargs["_pyro_model_id"], kwargs["_pyro_guide_id"] = id(model0), id(guide0)   # the ids it was traced with
         if direct is None or not direct.valid(args, kwargs):
-            out = fn(*args, **kwargs)                      # Pyro's path (also re-traces for new kwargs)
+            with quiet_tracing():
+                out = fn(*args, **kwargs)                  # Pyro's path (also re-traces for new kwargs)
             compiled[key][3] = _DirectCall(fn, args, kwargs)
             return out
         return direct(args)
@@ -134,9 +151,10 @@ def compile_quietly(loss_fn, model, guide, *args, **kwargs) -> None:
     """
     state = pyro.util.get_rng_state()
     try:
-        loss_fn.differentiable_loss(model, guide, *args, **kwargs)
+        with quiet_tracing():
+            loss_fn.differentiable_loss(model, guide, *args, **kwargs)
     finally:
         pyro.util.set_rng_state(state)
 
 
-__all__ = ["JitTraceMeanField_ELBO", "JitTrace_ELBO", "compile_quietly"]
+__all__ = ["JitTraceMeanField_ELBO", "JitTrace_ELBO", "compile_quietly", "quiet_tracing"]
