@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
@@ -74,6 +75,42 @@ def parse_command(command: str, argv: list[str]) -> argparse.Namespace:
     return args
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` for users: one default per option (none where the help already gives it, or the
+    default is None/False), lists shown as the command line takes them."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "default" in text.lower() or default is None or default is False
+                or default is argparse.SUPPRESS or isinstance(action, argparse._HelpAction)):
+            return text
+        if isinstance(default, (list, tuple)):
+            default = " ".join(map(str, default))
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+_INTERNAL = re.compile(r"\s*(Layers:|The layers:)[^\n]*(\n(?!\s*\n)[^\n]*)*")
+
+
+def describe(doc: str | None) -> str | None:
+    """A module docstring as a ``--help`` description: the reader's part only (the paragraph tail from
+    "Layers:" on is for developers), Sphinx roles and literal quotes removed."""
+    if not doc:
+        return doc
+    text = _INTERNAL.sub("", doc.strip())
+    text = re.sub(r":\w+:`~?([\w.]+)`", lambda m: m.group(1).split(".")[-1], text)
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    return text
+
+
+def _user_help(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = HelpFormatter
+    parser.description = describe(parser.description)
+    for sub in (parser.subcommands.choices.values() if parser.subcommands else ()):
+        _user_help(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from svilab import __version__
     from svilab.experiments import demo, exact, gradients, posterior, sweep, vae
@@ -86,11 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", default=None, metavar="N",
                         help="CPU threads for torch: a number or 'auto' (all cores); also accepted after the "
                              "command. Default: $SVILAB_THREADS, else $OMP_NUM_THREADS, else 1, so that "
-                             "several runs at once share the cores (see svilab/threads.py)")
+                             "several runs at once share the cores")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in (demo, exact, gradients, posterior, vae, sweep):
         module.register(sub)
+    _user_help(parser)
     return parser
 
 
@@ -162,5 +200,5 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["SvilabParser", "Terminated", "UsageError", "build_parser", "command_name", "command_parsers", "main",
-           "parse_command"]
+__all__ = ["HelpFormatter", "SvilabParser", "Terminated", "UsageError", "build_parser", "command_name",
+           "command_parsers", "describe", "main", "parse_command"]

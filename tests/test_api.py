@@ -165,3 +165,22 @@ def test_the_gradient_lab_refuses_a_family_that_does_not_fit_the_target():
     assert estimate("reparam", target, "gaussian", [0.0, 0.1] * 3, M=4, reps=2).shape == (2, 6)
     pg = Target.from_poisson_gamma(svilab.PoissonGamma())
     assert estimate("reparam", pg, "normal", [5.0, 0.5, 1.0, 0.2], M=4, reps=2).shape == (2, 4)
+
+
+def test_help_is_written_for_users():
+    """Every command's --help: no Sphinx roles or literal quotes, no developer notes, one default per
+    option, lists shown as typed."""
+    import re
+
+    from svilab.cli import build_parser, command_parsers
+
+    parser = build_parser()
+    texts = {"svilab": parser.format_help()}
+    texts.update({name: p.format_help() for name, p in command_parsers(parser).items()})
+    texts["vae"] = parser.subcommands.choices["vae"].format_help()
+    assert len(texts) >= 9
+    for name, text in texts.items():
+        flat = " ".join(text.split())
+        assert not re.search(r":(func|class|mod|meth|data):|``|Layers:|argparse layer|svilab/\w+\.py", flat), name
+        assert not re.search(r"\(default[^()]*(\([^()]*\)[^()]*)*\)\s*\(default", flat), name
+        assert "['" not in flat, name

@@ -383,8 +383,9 @@ def _common(p):
     p.add_argument("--family", choices=["normal", "lognormal", "gaussian"], default=None,
                    help="mean-field guide: Normal truncated to (0, inf) (default), or LogNormal; with --model the "
                         "family is 'gaussian', a Normal per coordinate of the model's unconstrained space")
-    p.add_argument("--point", default=None, metavar="MU_U,SIGMA_U,MU_V,SIGMA_V",
-                   help="guide parameters (default: the notebook's 5,0.5,1,0.2 for normal); with --model "
+    p.add_argument("--point", default=None, metavar="LOC,SCALE,...",
+                   help="guide parameters, a loc and a scale per latent coordinate: mu_u,sigma_u,mu_v,sigma_v "
+                        "(default: the notebook's 5,0.5,1,0.2 for normal); with --model "
                         "loc_1,scale_1,loc_2,scale_2,... per unconstrained coordinate (default: loc 0, scale 0.1, "
                         "where AutoNormal starts)")
     p.add_argument("--reps", type=int, default=1000, help="repetitions per M")

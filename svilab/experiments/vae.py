@@ -1,5 +1,5 @@
-"""``svilab vae``: train, evaluate and compare MNIST VAEs under Trace_ELBO and the skew geometric
-Jensen-Shannon objectives (``svilab vae train --help``, ``svilab vae compare --help``).
+"""``svilab vae``: train, evaluate and compare MNIST VAEs under the ELBO (its KL in closed form) and
+the skew geometric Jensen-Shannon objectives (``svilab vae train --help``, ``svilab vae compare --help``).
 
 Every run is judged with the same yardstick whatever its training objective: the test ELBO (with
 the KL), the importance-weighted log-likelihood (k samples), the reconstruction error and the
@@ -156,12 +156,14 @@ def _json_run(r: dict) -> dict:
 def _add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (a preset, with overrides)")
     g.add_argument("--preset", default="notebook", help=f"one of: {', '.join(PRESETS)}")
-    g.add_argument("--latent-dim", type=int, default=None, help="latent size K")
-    g.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden layer sizes")
-    g.add_argument("--likelihood", choices=["gaussian", "bernoulli"], default=None)
-    g.add_argument("--sigma", type=float, default=None, help="Gaussian likelihood scale")
-    g.add_argument("--batch-size", type=int, default=None)
-    g.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    g.add_argument("--latent-dim", type=int, default=None, help="latent size K (default: the preset's)")
+    g.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden layer sizes (default: the preset's)")
+    g.add_argument("--likelihood", choices=["gaussian", "bernoulli"], default=None,
+                   help="p(x | z): Gaussian on grey levels or Bernoulli on binarized images (default: the preset's)")
+    g.add_argument("--sigma", type=float, default=None,
+                   help="Gaussian likelihood scale (gaussian likelihood only; default: the preset's)")
+    g.add_argument("--batch-size", type=int, default=None, help="images per step (default: the preset's)")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=None, help="epochs (default 10; with --resume: the run's own)")
     t.add_argument("--beta", type=float, default=1.0, help="weight of the divergence term (gjs/dgjs)")
@@ -171,7 +173,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "benchmarks/bench_vae.py for the speed)")
     t.add_argument("--time-limit", type=float, default=None, metavar="MIN",
                    help="stop after the epoch during which this many minutes of training have passed")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the initial weights, batches and draws")
     d = p.add_argument_group("data")
     d.add_argument("--data-root", default=None,
                    help="folder containing MNIST/raw/ (default: $SVILAB_DATA, else ~/.cache/svilab/data)")
