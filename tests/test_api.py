@@ -184,3 +184,14 @@ def test_help_is_written_for_users():
         assert not re.search(r":(func|class|mod|meth|data):|``|Layers:|argparse layer|svilab/\w+\.py", flat), name
         assert not re.search(r"\(default[^()]*(\([^()]*\)[^()]*)*\)\s*\(default", flat), name
         assert "['" not in flat, name
+
+
+def test_summary_names_coordinates_as_the_tables_do():
+    """summary() rows are Stan's 1-based names (beta[1]), as in svilab's tables and posteriordb's
+    references; named coordinates are left as they are."""
+    import arviz as az
+
+    draws = np.random.default_rng(0).normal(size=(2, 50, 3))
+    assert list(svilab.summary(az.from_dict(posterior={"beta": draws})).index) == ["beta[1]", "beta[2]", "beta[3]"]
+    named = az.from_dict(posterior={"beta": draws}, coords={"k": ["a", "b", "c"]}, dims={"beta": ["k"]})
+    assert list(svilab.summary(named).index) == ["beta[a]", "beta[b]", "beta[c]"]

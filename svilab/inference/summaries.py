@@ -25,6 +25,7 @@ r"""ArviZ summaries of fitted guides and MCMC runs, and the method-comparison ta
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -114,14 +115,34 @@ def mcmc_inference_data(run, *args, **kwargs) -> az.InferenceData:
     return draws_inference_data(draws, sites, chains, "NUTS (pyro.infer.MCMC)", {"diverging": diverging})
 
 
-def summary(idata: az.InferenceData, var_names: Sequence[str] | None = None, kind: str | None = None) -> pd.DataFrame:
+def _default_coords(idata: az.InferenceData) -> bool:
+    post = idata.posterior
+    return all(list(post.coords[d].values) == list(range(post.sizes[d]))
+               for d in post.dims if d not in ("chain", "draw") and d in post.coords)
+
+
+def _one_based(label: str) -> str:
+    m = re.fullmatch(r"(.+)\[(\d+(?:,\s*\d+)*)\]", label)
+    if m is None:
+        return label
+    return f"{m.group(1)}[{', '.join(str(int(i) + 1) for i in m.group(2).split(','))}]"
+
+
+def summary(idata: az.InferenceData, var_names: Sequence[str] | None = None, kind: str | None = None,
+            one_based: bool = True) -> pd.DataFrame:
     """``az.summary`` without rounding: means, sds, HDI, and for MCMC (2+ chains) MCSE, ESS and R-hat.
 
     For one chain of independent variational draws (:func:`guide_inference_data`) only the
-    statistics: R-hat and ESS describe Markov chains, not a guide (its diagnostic is Pareto k-hat)."""
+    statistics: R-hat and ESS describe Markov chains, not a guide (its diagnostic is Pareto k-hat).
+    ``one_based``: rows named as svilab's tables and posteriordb's references name them (Stan's
+    ``beta[1]`` for the first coordinate; ArviZ says ``beta[0]``) when the draws carry ArviZ's
+    default 0-based coordinates."""
     if kind is None:
         kind = "all" if idata.posterior.sizes.get("chain", 1) > 1 else "stats"
-    return az.summary(idata, var_names=list(var_names) if var_names else None, kind=kind, round_to="none")
+    table = az.summary(idata, var_names=list(var_names) if var_names else None, kind=kind, round_to="none")
+    if one_based and _default_coords(idata):
+        table.index = [_one_based(str(i)) for i in table.index]
+    return table
 
 
 # --------------------------------------------------------------------------- comparison
