@@ -16,6 +16,7 @@ losses                    make_loss, LOSSES, GJS_ELBO, JitGJS_ELBO, JitTrace_ELB
                           JitTraceMeanField_ELBO, geometric_js
 guides                    make_guide, GUIDES, AutoFlow, MeanFieldGamma, MeanFieldPositiveNormal
 start                     laplace, start_guide_at, make_init
+check a fit               evaluate_guide, GuideEvaluation
 draws and InferenceData   guide_draws, flat_draws, elbo_estimate, guide_inference_data,
                           mcmc_inference_data, summary
 diagnostics               pareto_k, pareto_k_warnings, importance_warnings, convergence_warnings,
@@ -63,6 +64,7 @@ _add("svilab.guides", "make_guide", "GUIDES", "AutoFlow", "MeanFieldGamma", "Mea
 _add("svilab.inference.laplace", "laplace", "start_guide_at")
 _add("svilab.inference.init", "make_init")
 _add("svilab.inference.draws", "guide_draws", "flat_draws")
+_add("svilab.inference.evaluate", "evaluate_guide", "GuideEvaluation")
 _add("svilab.inference.summaries", "elbo_estimate", "guide_inference_data", "mcmc_inference_data", "summary")
 _add("svilab.inference.diagnostics", "pareto_k", "pareto_k_warnings", "importance_warnings",
      "convergence_warnings", "mcmc_warnings", "reference_warnings")

@@ -139,7 +139,7 @@ def test_renyi_by_name_has_pyro_s_default_alpha():
 
 @pytest.mark.parametrize("module", ["svilab", "svilab.inference.svi", "svilab.inference.optim",
                                     "svilab.inference.estimators", "svilab.inference.jsd_elbo",
-                                    "svilab.inference.estimators.reference"])
+                                    "svilab.inference.estimators.reference", "svilab.inference.evaluate"])
 def test_docstring_examples_run(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
@@ -195,3 +195,19 @@ def test_summary_names_coordinates_as_the_tables_do():
     assert list(svilab.summary(az.from_dict(posterior={"beta": draws})).index) == ["beta[1]", "beta[2]", "beta[3]"]
     named = az.from_dict(posterior={"beta": draws}, coords={"k": ["a", "b", "c"]}, dims={"beta": ["k"]})
     assert list(svilab.summary(named).index) == ["beta[a]", "beta[b]", "beta[c]"]
+
+
+def test_evaluate_guide_warns_about_a_bad_guide():
+    """A guide far from the posterior (not fitted, started 20 sds off with a tiny scale): the check
+    returns the k-hat warning and issues it as a UserWarning."""
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    pyro.clear_param_store()
+    x = torch.tensor([1.0, 2.0, 3.0])
+    guide = AutoNormal(model, init_loc_fn=lambda site: torch.tensor(14.0), init_scale=0.05)
+    with pytest.warns(UserWarning, match="k-hat"):
+        check = svilab.evaluate_guide(model, guide, x, draws=200, elbo_samples=2000, seed=0)
+    assert check.elbo.pareto_k > 0.7 and any("k-hat" in w for w in check.warnings)

@@ -135,24 +135,20 @@ def fit_and_evaluate(model, guide, name: str, config: PosteriorConfig, cfg: dict
     error and Pareto k-hat (``config.elbo_samples`` draws), ``config.draws`` draws with their importance
     weights for the InferenceData, and the warnings: k-hat, the importance-sampling check of the means,
     divergence or non-convergence."""
-    from svilab.inference.diagnostics import convergence_warnings, importance_warnings, pareto_k_warnings
-    from svilab.inference.draws import flat_draws, guide_draws
-    from svilab.inference.summaries import elbo_estimate, guide_inference_data
+    from svilab.inference.evaluate import evaluate_guide
     from svilab.inference.svi import DivergenceError, fit
 
     try:
         result = fit(model, guide, loss=config.loss, alpha=config.alpha, steps=cfg["steps"],
                      num_particles=cfg["particles"], lr=lr, lr_final=lr / 40, jit=jit,
                      max_plate_nesting=max_plate_nesting, seed=config.seed, description=f"SVI {name}")
-        fit_warnings = convergence_warnings(result.history, result.steps_done)
+        outcome = result
     except DivergenceError as exc:
-        result = exc.result
-        fit_warnings = [f"diverged: {exc}; results are from the last finite parameters"]
-    elbo = elbo_estimate(model, guide, num_samples=config.elbo_samples, seed=config.seed + 1)
-    draws = guide_draws(model, guide, num_samples=config.draws, seed=config.seed + 2, sites=sites)
-    warnings = (pareto_k_warnings(elbo.pareto_k)
-                + importance_warnings(flat_draws(draws.posterior), draws.log_weights, elbo.pareto_k) + fit_warnings)
-    return GuideFit(result, elbo, guide_inference_data(model, guide, draws=draws), warnings)
+        result, outcome = exc.result, exc
+    check = evaluate_guide(model, guide, fit=outcome, draws=config.draws, elbo_samples=config.elbo_samples,
+                           seed=config.seed + 1, sites=sites, warn=False)
+    # the order of the warnings as before: k-hat, importance check, then the fit's
+    return GuideFit(result, check.elbo, check.idata, check.warnings)
 
 
 def run_methods(config: PosteriorConfig, fit_one, nuts_one, reporter, describe_fit, describe_nuts):
