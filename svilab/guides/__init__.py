@@ -72,12 +72,13 @@ def _auto_mvn(model, **options):
 #: the guides, by name (the order is the default order of ``svilab posterior``)
 GUIDE_SPECS: dict[str, GuideSpec] = {s.name: s for s in (
     GuideSpec("normal", "mean-field Normal truncated to (0, inf) (the notebook's guide)", MeanFieldPositiveNormal,
-              init="mean", jit=True, laplace=False, color="tab:orange", any_model=False),
+              init="mean", jit=True, laplace=False, color="tab:orange", any_model=False,
+              aliases=("truncated_normal", "truncnormal")),
     GuideSpec("lognormal", "mean-field LogNormal (AutoNormal in the unconstrained space)", _auto_normal,
               init="feasible", jit=True, laplace=True, color="tab:green",
               aliases=("meanfield", "autonormal", "diagonal")),
     GuideSpec("gamma", "mean-field Gamma (the CAVI family)", MeanFieldGamma, init="mean", jit=True, laplace=False,
-              color="tab:red", any_model=False),
+              color="tab:red", any_model=False, aliases=("meanfield_gamma",)),
     GuideSpec("mvn", "full-rank Gaussian in the unconstrained space (AutoMultivariateNormal)", _auto_mvn,
               init="median", jit=True, laplace=True, color="tab:purple",
               aliases=("fullrank", "automultivariatenormal")),

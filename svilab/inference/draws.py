@@ -73,7 +73,7 @@ def _strip(value: torch.Tensor, n: int, shape: tuple[int, ...], name: str) -> to
     return value.expand((n,) + tuple(shape))
 
 
-_SHAPE_WORDS = ("size of tensor", "shape", "broadcast", "dimension", "mat1 and mat2", "index")
+_SHAPE_WORDS = ("size of tensor", "shape", "broadcast", "dimension", "mat1 and mat2", "index", "packing tensors")
 
 
 def _vectorization_error(exc: Exception, n: int, nesting: int) -> ValueError:
