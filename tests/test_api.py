@@ -228,3 +228,10 @@ def test_the_pyro_user_example_runs():
         out = mod.main(quick=True)
     assert out["max_z"] < 4.5 and out["elbo"] > out["gjs_elbo"]
     assert out["iwae"] == pytest.approx(out["exact_log_px"], abs=1e-4)
+
+
+def test_docs_api_lists_every_public_name():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    assert [n for n in svilab.__all__ if f"`svilab.{n}`" not in text] == []
