@@ -25,7 +25,7 @@ def regression(X, y=None, prior_scale=10.0):
     beta = pyro.sample("beta", dist.Normal(X.new_zeros(()), prior_scale).expand([X.shape[1]]).to_event(1))
     sigma = pyro.sample("sigma", dist.HalfNormal(X.new_tensor(2.0)))
     with pyro.plate("data", X.shape[0]):
-        return pyro.sample("y", dist.Normal((X @ beta.unsqueeze(-1)).squeeze(-1), sigma.unsqueeze(-1)), obs=y)
+        return pyro.sample("y", dist.Normal((X * beta).sum(-1), sigma), obs=y)    # vectorizes over draws
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,12 @@ def _vectorization_error(exc: Exception, n: int, nesting: int) -> ValueError:
     parameters, NaN) is reported as what it is."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     invalid = "constraint" in str(exc) or first.startswith("Expected parameter")   # torch's invalid-argument error
+    if "allocate" in first.lower():
+        return VectorizationError(
+            f"the model asked for more memory than there is when evaluated on {n} draws at once (a particle plate "
+            f"at dim {-(nesting + 1)}): its shapes broadcast the draws against each other instead of along the "
+            "particle dim, e.g. X @ beta or beta.unsqueeze(-1) on a vector latent (write (X * beta).sum(-1)); "
+            f"torch said: {first}")
     if not any(w in first.lower() for w in _SHAPE_WORDS) or invalid:
         return ValueError(f"evaluating the model on draws of the posterior approximation failed: {first} (a guide "
                           "whose parameters ran away gives this: try a smaller learning rate, --lr)")
