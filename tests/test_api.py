@@ -235,3 +235,26 @@ def test_docs_api_lists_every_public_name():
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
     assert [n for n in svilab.__all__ if f"`svilab.{n}`" not in text] == []
+
+
+def test_model_arguments_named_like_options_reach_the_model():
+    """A model argument called seed / num_samples / chunk goes in model_kwargs and reaches the model in
+    guide_draws, elbo_estimate and evaluate_guide."""
+    seen = []
+
+    def model(x, seed=None, chunk=None):
+        seen.append((seed, chunk))
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    pyro.clear_param_store()
+    x = torch.tensor([1.0, 2.0])
+    guide = AutoNormal(model)
+    svilab.fit(model, guide, x, steps=5, model_kwargs={"seed": 11, "chunk": 3})
+    seen.clear()
+    check = svilab.evaluate_guide(model, guide, x, draws=50, elbo_samples=100, seed=0, warn=False,
+                                  model_kwargs={"seed": 11, "chunk": 3})
+    assert seen and all(s == (11, 3) for s in seen) and check.idata.posterior["mu"].shape == (1, 50)
+    with pytest.raises(TypeError, match="given twice"):
+        svilab.guide_draws(model, guide, x, num_samples=10, model_kwargs={"scale": 3}, scale=2)

@@ -137,13 +137,24 @@ def _chunks(total: int, chunk: int):
         start += n
 
 
+def _merge_kwargs(kwargs: dict, model_kwargs: dict | None) -> dict:
+    both = set(kwargs) & set(model_kwargs or {})
+    if both:
+        raise TypeError(f"model keyword arguments {sorted(both)} given twice (as keywords and in model_kwargs)")
+    return {**(model_kwargs or {}), **kwargs}
+
+
 def guide_draws(model, guide, *args, num_samples: int = 4000, chunk: int = DEFAULT_CHUNK, seed: int | None = None,
-                sites: ModelSites | None = None, keep: bool = True, **kwargs) -> Draws:
+                sites: ModelSites | None = None, keep: bool = True, model_kwargs: dict | None = None,
+                **kwargs) -> Draws:
     """``num_samples`` draws from ``guide`` with the model's deterministic sites, pointwise
     log-likelihood and the importance log-weights (see the module docstring).
 
     :param keep: False keeps only the log-weights (``latent`` etc. empty), for large ELBO samples.
+    :param model_kwargs: model keyword arguments named like an option here (``seed``, ``chunk``, ...);
+        the other keywords go to the model too.
     """
+    kwargs = _merge_kwargs(kwargs, model_kwargs)
     num_samples = positive_int(num_samples, "num_samples")
     chunk = max(2, positive_int(chunk, "chunk"))
     sites = sites or model_sites(model, *args, **kwargs)
@@ -201,10 +212,12 @@ def replay_draws(model, samples: Mapping[str, np.ndarray | torch.Tensor], *args,
 
 
 def importance_log_weights(model, guide, *args, num_samples: int = 10_000, chunk: int = 50_000,
-                           seed: int | None = None, sites: ModelSites | None = None, **kwargs) -> torch.Tensor:
-    r""":math:`\log p(x, z_s) - \log q(z_s)`, :math:`z_s \sim q`, ``(num_samples,)`` float64, in chunks."""
+                           seed: int | None = None, sites: ModelSites | None = None, model_kwargs: dict | None = None,
+                           **kwargs) -> torch.Tensor:
+    r""":math:`\log p(x, z_s) - \log q(z_s)`, :math:`z_s \sim q`, ``(num_samples,)`` float64, in chunks
+    (``model_kwargs``: as in :func:`guide_draws`)."""
     d = guide_draws(model, guide, *args, num_samples=num_samples, chunk=chunk, seed=seed, sites=sites, keep=False,
-                    **kwargs)
+                    model_kwargs=model_kwargs, **kwargs)
     return torch.as_tensor(d.log_weights)
 
 

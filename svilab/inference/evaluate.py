@@ -81,10 +81,10 @@ def evaluate_guide(model, guide, *args, fit=None, draws: int = 4000, elbo_sample
     """
     from svilab.inference.svi import DivergenceError
 
-    kwargs = {**(model_kwargs or {}), **kwargs}
-    elbo = elbo_estimate(model, guide, *args, num_samples=elbo_samples, seed=seed, **kwargs)
+    mk = model_kwargs
+    elbo = elbo_estimate(model, guide, *args, num_samples=elbo_samples, seed=seed, model_kwargs=mk, **kwargs)
     d = guide_draws(model, guide, *args, num_samples=draws, seed=None if seed is None else seed + 1, sites=sites,
-                    **kwargs)
+                    model_kwargs=mk, **kwargs)
     found = pareto_k_warnings(elbo.pareto_k) + importance_warnings(flat_draws(d.posterior), d.log_weights,
                                                                    elbo.pareto_k)
     if isinstance(fit, DivergenceError):
@@ -94,7 +94,8 @@ def evaluate_guide(model, guide, *args, fit=None, draws: int = 4000, elbo_sample
     if warn:
         for w in found:
             _warnings.warn(w, UserWarning, stacklevel=2)
-    return GuideEvaluation(elbo, d, guide_inference_data(model, guide, *args, draws=d, **kwargs), found)
+    return GuideEvaluation(elbo, d, guide_inference_data(model, guide, *args, draws=d, model_kwargs=mk, **kwargs),
+                           found)
 
 
 __all__ = ["GuideEvaluation", "evaluate_guide"]

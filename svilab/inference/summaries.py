@@ -52,7 +52,8 @@ class ELBOEstimate:
 
 
 def elbo_estimate(model, guide, *args, num_samples: int = 100_000, seed: int | None = None, **kwargs) -> ELBOEstimate:
-    """Monte Carlo ELBO of ``guide`` with its standard error and Pareto k-hat (module docstring).
+    """Monte Carlo ELBO of ``guide`` with its standard error and Pareto k-hat (module docstring);
+    keywords go to the model (``model_kwargs={...}`` for names used here).
 
     :raises ValueError: ``num_samples < 2`` (no standard error), or a non-finite weight.
     """
@@ -84,8 +85,10 @@ def draws_inference_data(draws: Draws, sites: ModelSites, chains: int = 1, metho
 
 
 def guide_inference_data(model, guide, *args, num_samples: int = 4000, seed: int | None = None,
-                         draws: Draws | None = None, **kwargs) -> az.InferenceData:
-    """``InferenceData`` for a fitted guide: independent draws as one chain (module docstring)."""
+                         draws: Draws | None = None, model_kwargs: dict | None = None, **kwargs) -> az.InferenceData:
+    """``InferenceData`` for a fitted guide: independent draws as one chain (module docstring);
+    ``model_kwargs``: model keyword arguments named like an option here."""
+    kwargs = {**(model_kwargs or {}), **kwargs}
     sites = model_sites(model, *args, **kwargs)
     if draws is None:
         draws = guide_draws(model, guide, *args, num_samples=num_samples, seed=seed, sites=sites, **kwargs)
