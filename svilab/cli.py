@@ -164,6 +164,11 @@ def main(argv: list[str] | None = None, handle_signals: bool = True) -> int:
             seed = getattr(args, "seed", None)
             if seed is not None and not 0 <= seed <= MAX_SEED:
                 raise ValueError(f"--seed must be an integer in [0, {MAX_SEED}], got {seed}")
+            if getattr(args, "json", False):        # stdout is the JSON's alone: a model's prints go to stderr
+                from svilab.experiments.common import json_stdout
+
+                with json_stdout():
+                    return int(args.func(args) or 0)
             return int(args.func(args) or 0)
     except ValueError as exc:  # bad input: a clear message, no stack trace, no half-written run folder
         print(f"svilab {command_name(args)}: error: {exc}", file=sys.stderr)

@@ -138,6 +138,7 @@ def test_cli_gradients_model(tmp_path, capsys):
     model = tmp_path / "m.py"
     model.write_text("import pyro, pyro.distributions as dist, torch\n\n"
                      "def model(data):\n"
+                     "    print('the model prints')          # under --json this goes to stderr\n"
                      "    y = torch.as_tensor(data['y'], dtype=torch.float64)\n"
                      "    mu = pyro.sample('mu', dist.Normal(0.0, 10.0))\n"
                      "    sigma = pyro.sample('sigma', dist.HalfNormal(5.0))\n"
@@ -148,7 +149,9 @@ def test_cli_gradients_model(tmp_path, capsys):
     argv = ["gradients", "--model", str(model), "--data", str(data), "--M", "10", "100", "--reps", "300",
             "--estimators", "reparam", "score_cv", "--point", "1,0.3,-0.2,0.25", "--json", "--out", str(tmp_path / "r")]
     assert main(argv) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)                     # stdout is the JSON alone
+    assert "the model prints" in captured.err
     names = ["loc[mu]", "scale[mu]", "loc[sigma]", "scale[sigma]"]
     assert list(out["exact"]["grad"]) == names and out["family"] == "gaussian"
     target = unconstrained_target(normal_model)

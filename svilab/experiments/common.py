@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 import pandas as pd
@@ -65,6 +66,24 @@ def run_folder(args: argparse.Namespace, command: str) -> RunFolder:
     return RunFolder(command, out=args.out, mode="overwrite" if getattr(args, "overwrite", False) else "new")
 
 
+#: where ``--json`` output goes while the command's own stdout is sent to stderr (:func:`json_stdout`)
+_json_stream = None
+
+
+@contextlib.contextmanager
+def json_stdout():
+    """Under ``--json``: everything printed to stdout while the command runs (a user model's ``print``,
+    a library's chatter) goes to stderr, and only :meth:`Reporter.emit_json` writes to the real stdout."""
+    global _json_stream
+    saved = _json_stream
+    _json_stream = sys.stdout
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _json_stream = saved
+
+
 class Reporter:
     """Prints tables for people, or one JSON object on stdout for tools (``--json``).
 
@@ -85,4 +104,4 @@ class Reporter:
 
     def emit_json(self, obj) -> None:
         if self.json_mode:
-            print(dumps(obj), flush=True)
+            print(dumps(obj), file=_json_stream or sys.stdout, flush=True)

@@ -119,7 +119,7 @@ BYTES_PER_SAMPLE_COORD = 24
 
 
 def estimate(estimator: Estimator | str, target: Target, family: Family | str, params,
-             M: int, reps: int, seed: int | None = 0, generator: torch.Generator | None = None,
+             M: int, reps: int, seed: int | None = None, generator: torch.Generator | None = None,
              chunk: int = 2**16, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Run ``estimator`` ``reps`` times with ``M`` samples each; returns ``(reps, P)``
     (or ``(reps,)`` for the ELBO estimator).
@@ -127,7 +127,8 @@ def estimate(estimator: Estimator | str, target: Target, family: Family | str, p
     Repetitions are processed in chunks of about ``chunk`` samples (repetitions x M) in total:
     memory stays bounded at any M and reps, and small chunks stay in the CPU cache. The noise is
     drawn from ``generator`` (or a new one seeded with ``seed``), so a given seed and chunk size
-    reproduce the same numbers.
+    reproduce the same numbers; with neither, from a new generator seeded by one draw of torch's
+    global generator (which is advanced, never reseeded), so two calls give independent numbers.
     """
     from svilab.inference.estimators import get_estimator
 
@@ -138,7 +139,8 @@ def estimate(estimator: Estimator | str, target: Target, family: Family | str, p
     reps = positive_int(reps, "reps (repetitions)", 1)
     p = check_params(params, target.dim, dtype)
     if generator is None:
-        generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        seed = int(torch.randint(0, 2**62, ())) if seed is None else int(seed)
+        generator = torch.Generator().manual_seed(seed)
     chunk = min(chunk, getattr(target, "max_batch", chunk))  # model targets bound their own batch
     per = max(1, min(reps, chunk // M))
     item = torch.finfo(dtype).bits // 8
