@@ -5,7 +5,9 @@ own results; failures are recorded, never dropped; TensorBoard reads every trial
 re-aggregates to the same sweep.json; a trial whose worker is killed is retried, then recorded as
 failed; and a two-node Ray cluster gives the same results with trials on both nodes.
 
-The checks that no Ray process is left assume no other Ray runs on the machine (as in CI)."""
+The checks that no Ray process is left look only at the Ray processes these tests started: each carries
+the environment variable SVILAB_TEST_RAY set here (Ray's processes inherit the driver's environment), so
+another Ray on the machine (a study running beside the tests) is not counted."""
 
 from __future__ import annotations
 
@@ -37,9 +39,22 @@ reps = [40, 60]
 """
 
 
+MARK = f"SVILAB_TEST_RAY=svilab-tests-{os.getpid()}"
+os.environ["SVILAB_TEST_RAY"] = MARK.split("=", 1)[1]
+
+
+def _ours(pid: str) -> bool:
+    try:
+        return MARK.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:                       # gone, or not ours to read
+        return False
+
+
 def ray_processes() -> list[str]:
+    """The Ray processes these tests started (see the module docstring)."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [ln for ln in out.splitlines() if any(k in ln for k in ("raylet", "gcs_server", "ray::"))]
+    return [ln for ln in out.splitlines() if any(k in ln for k in ("raylet", "gcs_server", "ray::"))
+            and _ours(ln.split()[0])]
 
 
 def folder_bytes(path: Path) -> dict:
