@@ -126,6 +126,8 @@ def test_fit_takes_model_keywords_and_refuses_options_it_would_ignore(data):
     for kwargs, message in cases:
         with pytest.raises((ValueError, TypeError), match=message):
             svilab.fit(regression, AutoNormal(regression), X, y=y, steps=2, **kwargs)
+    with pytest.raises(ValueError, match="num_particles = 1000000000 .* needs about"):
+        svilab.fit(regression, AutoNormal(regression), X, y=y, steps=2, num_particles=10**9)
     with pytest.raises(ValueError, match="cannot be compiled"):
         svilab.fit(regression, svilab.make_guide("flow", regression), X, y=y, steps=2, jit=True)
     with pytest.raises(TypeError, match="optim must be a pyro.optim optimizer"):

@@ -461,6 +461,9 @@ def test_a_full_disk_or_a_removed_folder_is_one_line_and_leaves_no_half_file(tmp
     (["vae", "compare", "--losses", "elbo", "--alphas", "0.3"], "--alphas are the skews of gjs/dgjs"),
     (["--threads", "1000000", "exact"], "--threads 1000000: more than"),
     (["exact", "--prior-u", "1e300,1"], "prior_u shape must be in"),
+    (["posterior", "--particles", "1000000000"], "--particles = 1000000000 (samples per SVI step, each of 12 latent"),
+    (["vae", "train", "--hidden", "1000000000"], "2,370,000,000,794 weights) with --batch-size 50"),
+    (["vae", "train", "--particles", "100000000"], "and --particles 100000000 needs about"),
 ])
 def test_options_that_do_not_apply_or_cannot_work_are_refused(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "r")] if argv[0] != "--threads" else argv) == 2

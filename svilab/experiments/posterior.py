@@ -259,12 +259,18 @@ class Prepared:
 def prepare(args: argparse.Namespace) -> Prepared:
     """The model and configuration of the command line, every file and option checked (one-line
     ValueErrors naming the option or file); nothing is run and no folder is made."""
+    from svilab.inference.sites import model_sites
+    from svilab.memory import check_particles
+
     model = model_from_args(args)
     config = config_from_args(args, model)
+    most = max(config.svi[g]["particles"] for g in config.guides)
     if not isinstance(model, UserModel):
+        check_particles(model_sites(model.model), most, "--particles")
         return Prepared(model, config)
     with float64_default():
         sites = check_user_model(model)
+        check_particles(sites, most, "--particles")
         reference = read_reference(args.reference) if args.reference else None
         if reference is not None:
             reference.check_names(parameter_names(sites), f"reference file {args.reference}")

@@ -300,6 +300,13 @@ def prepare_train(args: argparse.Namespace, data_cache: dict | None = None) -> t
     is trained and no folder is made. ``data_cache``: data already loaded, by ``(root, binary,
     validation, limit)`` (``svilab sweep`` checks many settings against the same files)."""
     config = run_config(args, args.loss, args.alpha)
+    from svilab.memory import check_memory
+
+    hidden = " ".join(map(str, config.vae.hidden))
+    check_memory(config.vae.memory_bytes(config.particles),
+                 f"the network (--latent-dim {config.vae.latent_dim}, --hidden {hidden}, "
+                 f"{config.vae.parameter_count():,} weights) with --batch-size {config.vae.batch_size} and "
+                 f"--particles {config.particles}")
     if args.data_root is None and os.environ.get("SVILAB_DATA"):
         config = config.with_(data_root=absolute(os.environ["SVILAB_DATA"]))
     key = (config.data_root, config.vae.binarize, config.validation, config.limit)

@@ -435,10 +435,13 @@ def fit(model, guide, *args, loss="trace_elbo", optim=None, lr: float | None = N
             raise ValueError(f"the guide {type(guide).__name__} cannot be compiled by Pyro's JIT (it creates its "
                              "parameters on its first call): use jit=False")
         num_particles = positive_int(1 if num_particles is None else num_particles, "num_particles")
-        if max_plate_nesting is None:  # read it off one trace instead of letting Pyro guess
-            from svilab.inference.sites import model_sites
+        from svilab.inference.sites import model_sites
+        from svilab.memory import check_particles
 
-            max_plate_nesting = model_sites(model, *args, **kwargs).max_plate_nesting
+        sites = model_sites(model, *args, **kwargs)       # one sample-free trace: plates and sizes
+        check_particles(sites, num_particles)
+        if max_plate_nesting is None:  # read it off the trace instead of letting Pyro guess
+            max_plate_nesting = sites.max_plate_nesting
         loss = make_loss(spec.name, num_particles=num_particles,
                          vectorize_particles=True if vectorize_particles is None else vectorize_particles,
                          max_plate_nesting=max_plate_nesting, jit=bool(jit), alpha=alpha)

@@ -58,6 +58,22 @@ class VAEConfig:
             raise ValueError("the Bernoulli likelihood needs binarized pixels (binarize=True)")
         return self
 
+    def parameter_count(self, image_size: int = 784) -> int:
+        """The networks' number of weights, from the sizes alone (nothing is built)."""
+        def mlp(sizes):
+            return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+        k, h = self.latent_dim, list(self.hidden)
+        encoder = (mlp([image_size, *h, 2 * k]) if self.shared_encoder else 2 * mlp([image_size, *h, k]))
+        return encoder + mlp([k, *h[::-1], image_size])
+
+    def memory_bytes(self, particles: int = 1, image_size: int = 784) -> int:
+        """A bound on training memory (float32): every weight 4 times (value, gradient, Adam's two
+        moments), and one batch's activations, kept for the backward pass, 4 times over (forward,
+        gradient, the temporaries of the ELBO), for each particle."""
+        width = image_size * 2 + 4 * self.latent_dim + 3 * sum(self.hidden)
+        return 4 * (4 * self.parameter_count(image_size) + 4 * self.batch_size * particles * width)
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
