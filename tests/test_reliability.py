@@ -10,9 +10,11 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partialmethod
 from pathlib import Path
 
 import numpy as np
+import pyro
 import pytest
 import torch
 
@@ -487,3 +489,20 @@ def test_nuts_with_one_chain_reports_without_r_hat(tmp_path, capsys):
                  "--out", str(tmp_path / "r")]) == 0
     nuts = next(m for m in json.loads(capsys.readouterr().out)["methods"] if m["name"] == "nuts")
     assert nuts["details"]["max_r_hat"] is None
+
+
+def test_nuts_says_where_it_is_without_a_progress_bar(monkeypatch, capsys):
+    """Without a terminal NUTS prints a line now and then (every 15 s; every step here) naming the chain,
+    the stage, the iteration and the time left."""
+    import pyro.distributions as dist
+
+    from svilab.inference import mcmc
+
+    monkeypatch.setattr(mcmc._ProgressLines, "__init__", partialmethod(mcmc._ProgressLines.__init__, every=0.0))
+
+    def model():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    mcmc.run_nuts(model, num_samples=20, warmup_steps=20, num_chains=2, seed=0, progress=False)
+    err = capsys.readouterr().err
+    assert "NUTS chain 1/2: warmup 1/40" in err and "NUTS chain 2/2: sample 40/40" in err and "s left)" in err

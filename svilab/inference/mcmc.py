@@ -51,6 +51,32 @@ class SequentialChains:
         return diag
 
 
+class _ProgressLines:
+    """``hook_fn`` for :class:`pyro.infer.MCMC` where there is no progress bar (stderr not a terminal):
+    a line on stderr at most every ``every`` seconds, with the chain, the stage, the iteration and an
+    estimate of the time left for every chain (from the mean time per iteration so far)."""
+
+    def __init__(self, num_chains: int, warmup: int, samples: int, every: float = 15.0) -> None:
+        self.total = num_chains * (warmup + samples)
+        self.per_chain, self.warmup, self.num_chains = warmup + samples, warmup, num_chains
+        self.every, self.chain, self.done = every, 0, 0
+        self.t0 = self.last = time.perf_counter()
+
+    def next_chain(self) -> None:
+        self.chain += 1
+
+    def __call__(self, kernel, samples, stage, i) -> None:
+        self.done += 1
+        now = time.perf_counter()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        left = (now - self.t0) / self.done * (self.total - self.done)
+        step = i + 1 if stage == "Warmup" else self.warmup + i + 1
+        print(f"NUTS chain {self.chain}/{self.num_chains}: {stage.lower()} {step}/{self.per_chain} "
+              f"({now - self.t0:.0f} s so far, about {left:.0f} s left)", file=sys.stderr, flush=True)
+
+
 @dataclass
 class NUTSResult:
     """The finished :class:`pyro.infer.MCMC` run, its wall time, settings, and the model's arguments."""
@@ -78,6 +104,8 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
     :param init: initial values, a name from :data:`svilab.inference.init.INIT_STRATEGIES` (default
         ``uniform``: Uniform(-2, 2) on the unconstrained scale, as Stan) or a Pyro init strategy; none
         of them samples a site, so improper priors (``dist.ImproperUniform``) work.
+    :param progress: Pyro's progress bar (default: when stderr is a terminal); without it, a line on
+        stderr every 15 s says which chain and iteration it is at and about how long is left.
     :param max_plate_nesting: the model's plate nesting (default: read off one sample-free trace,
         :func:`svilab.inference.sites.model_sites`; Pyro's own guess would sample the model).
     :raises ValueError: num_samples < 1, num_chains < 1, warmup_steps < 0, unknown chain_method or init.
@@ -97,14 +125,17 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
                   ignore_jit_warnings=True, full_mass=full_mass, init_strategy=init_strategy,
                   max_plate_nesting=max_plate_nesting)
     chains = num_chains if chain_method == "parallel" else 1
+    lines = _ProgressLines(num_chains, warmup_steps, num_samples) if not progress and chains == 1 else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Chains will be drawn sequentially")
         runs = [MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=chains,
-                     disable_progbar=not progress) for _ in range(num_chains // chains)]
+                     disable_progbar=not progress, hook_fn=lines) for _ in range(num_chains // chains)]
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.trace.*is deprecated")
         for run in runs:
+            if lines is not None:
+                lines.next_chain()
             run.run(*args, **kwargs)
     mcmc = runs[0] if len(runs) == 1 else SequentialChains(runs, args, kwargs)
     return NUTSResult(mcmc, time.perf_counter() - t0,
