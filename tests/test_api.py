@@ -260,3 +260,21 @@ def test_model_arguments_named_like_options_reach_the_model():
     assert seen and all(s == (11, 3) for s in seen) and check.idata.posterior["mu"].shape == (1, 50)
     with pytest.raises(TypeError, match="given twice"):
         svilab.guide_draws(model, guide, x, num_samples=10, model_kwargs={"scale": 3}, scale=2)
+
+
+def test_every_public_name_and_method_has_a_docstring():
+    import inspect
+
+    missing = []
+    for name in svilab.__all__:
+        obj = getattr(svilab, name)
+        if isinstance(obj, (dict, list, str)):
+            continue
+        if not inspect.getdoc(obj):
+            missing.append(name)
+        if inspect.isclass(obj):
+            for attr, value in vars(obj).items():
+                if not attr.startswith("_") and (callable(value) or isinstance(value, property)):
+                    if not inspect.getdoc(value if isinstance(value, property) else getattr(obj, attr)):
+                        missing.append(f"{name}.{attr}")
+    assert missing == []

@@ -61,6 +61,8 @@ def pareto_k(log_weights: torch.Tensor | np.ndarray) -> float:
 
 
 def pareto_k_warnings(k: float) -> list[str]:
+    """The sentence (a one-element list) for a Pareto k-hat of 0.5 or more or a non-finite one;
+    empty when the guide's importance weights are fine (k-hat < 0.5)."""
     if not math.isfinite(k):
         return ["Pareto k-hat could not be computed (non-finite importance weights): the guide puts mass "
                 "where the model has none"]
@@ -124,6 +126,9 @@ def loss_convergence(history: np.ndarray, tol: float = 0.01, fraction: float = 0
 
 
 def convergence_warnings(history: np.ndarray, steps_done: int, tol: float = 0.01) -> list[str]:
+    """The sentence (a one-element list) when the loss was still falling at the end of the run
+    (:func:`loss_convergence`: by more than ``tol`` nats and two standard errors over the last 10%);
+    empty when it had levelled off."""
     ok, drop, se = loss_convergence(history, tol)
     if ok:
         return []

@@ -206,9 +206,11 @@ class ExactPosterior:
         return self.marginals[_check_name(name)].pdf(w)
 
     def cdf(self, name: str, w) -> np.ndarray:
+        """Marginal CDF of ``"u"`` or ``"v"`` at ``w``."""
         return self.marginals[_check_name(name)].cdf(w)
 
     def quantile(self, name: str, q) -> np.ndarray:
+        """Marginal quantiles of ``"u"`` or ``"v"`` at probabilities ``q`` (inverse CDF)."""
         return self.marginals[_check_name(name)].quantile(q)
 
     def sample(self, n: int, seed: int | None = None,
@@ -221,6 +223,7 @@ class ExactPosterior:
         return {"u": u, "v": v}
 
     def summary(self) -> dict:
+        """The log evidence, each marginal's mean and sd, and corr(u, v), as a JSON-ready dict."""
         return {"log_evidence": self.log_evidence,
                 "u": {"mean": self.mean["u"], "sd": self.sd["u"]},
                 "v": {"mean": self.mean["v"], "sd": self.sd["v"]},

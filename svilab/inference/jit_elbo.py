@@ -134,6 +134,7 @@ class JitTrace_ELBO(_CompiledPerPair, pyro.infer.JitTrace_ELBO):
     _compiled_attr = "_loss_and_surrogate_loss"
 
     def loss_and_surrogate_loss(self, model, guide, *args, **kwargs):
+        """Pyro's ``(loss, surrogate loss)``, from the pair's one compiled function."""
         return self._compiled_call(super().loss_and_surrogate_loss, model, guide, args, kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs):

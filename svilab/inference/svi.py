@@ -95,6 +95,7 @@ class StoppingRule:
         self.reset()
 
     def reset(self) -> None:
+        """Forget the losses seen (a new run starts from here)."""
         self.smooth = self.previous = math.nan
         self.calm = 0
 
@@ -111,6 +112,7 @@ class StoppingRule:
 
     @property
     def message(self) -> str:
+        """Why the rule stopped a run, one phrase (``FitResult.message``)."""
         return (f"stopping rule: smoothed loss changed < {self.tol:g} "
                 f"over {self.patience * self.check_every} steps")
 

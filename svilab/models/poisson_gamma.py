@@ -148,6 +148,7 @@ class PoissonGamma:
 
     # ------------------------------------------------------------------ helpers
     def config(self) -> dict:
+        """The data and both priors, as a JSON-ready dict (what run folders record)."""
         return {"data": [int(x) for x in self.data.tolist()],
                 "prior_u": [self.a_u, self.b_u], "prior_v": [self.a_v, self.b_v]}
 

@@ -46,6 +46,7 @@ class VAEConfig:
     shared_encoder: bool = False          # one MLP for (loc, scale); False: two MLPs (the notebook's)
 
     def validated(self) -> VAEConfig:
+        """This configuration, every field checked (a ValueError names the first bad one)."""
         positive_int(self.latent_dim, "latent_dim")
         for h in self.hidden:
             positive_int(h, "hidden size")
@@ -75,6 +76,7 @@ class VAEConfig:
         return 4 * (4 * self.parameter_count(image_size) + 4 * self.batch_size * particles * width)
 
     def as_dict(self) -> dict:
+        """The fields as a JSON-ready dict (``hidden`` as a list)."""
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         return d
@@ -140,6 +142,7 @@ class VAE(PyroModule):
         return self.decoder(z)
 
     def likelihood(self, out: torch.Tensor) -> dist.Distribution:
+        """p(x | z) from the decoder output: Bernoulli(logits) or Normal(mean, sigma), event shape ``(784,)``."""
         if self.config.likelihood == "bernoulli":
             return dist.Bernoulli(logits=out, validate_args=False).to_event(1)
         return dist.Normal(out, self.config.sigma).to_event(1)
@@ -162,12 +165,19 @@ class VAE(PyroModule):
 
     # ---------------------------------------------------------------- Pyro pair
     def model(self, x: torch.Tensor) -> None:
+        """The Pyro model: z ~ N(0, I_K) and x ~ p(x | z) for each image of ``x`` ``(B, 784)`` in the plate
+        ``data``; the decoder's weights are Pyro parameters."""
         pyro.module("decoder", self.decoder)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(x.shape[0], x.dtype))
             pyro.sample("x", self.likelihood(self.decode(z)), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
+        """The Pyro guide: z ~ q(z | x) = N(loc(x), diag scale(x)^2) per image (:meth:`posterior`). The
+        encoder network maps ``(B, 784)`` to ``(B, 2K)``: the first K outputs are the location, the
+        last K the unconstrained scale (sigmoid or softplus + 1e-4, ``encoder_scale``); a network of
+        your own put in ``vae.encoder`` must follow that layout, or write your own model/guide pair
+        (:func:`svilab.train_vae` and the evaluation take any)."""
         pyro.module("encoder", self.encoder)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", self.posterior(x))

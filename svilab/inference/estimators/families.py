@@ -332,6 +332,8 @@ FAMILIES: dict[str, Family] = {"normal": TruncatedNormalFamily(), "lognormal": L
 
 
 def get_family(name: str | Family) -> Family:
+    """The family called ``name`` (``normal``, ``lognormal``, ``gaussian``; a :class:`Family` is
+    returned as it is); a ValueError lists the known names."""
     if isinstance(name, Family):
         return name
     from svilab.validation import choice
