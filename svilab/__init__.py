@@ -15,7 +15,8 @@ SVI                       SVI, fit, FitResult, StoppingRule, DivergenceError, Cl
 losses                    make_loss, LOSSES, GJS_ELBO, JitGJS_ELBO, JitTrace_ELBO,
                           JitTraceMeanField_ELBO, geometric_js
 guides                    make_guide, GUIDES, AutoFlow, MeanFieldGamma, MeanFieldPositiveNormal
-start                     laplace, start_guide_at, make_init
+start                     laplace, start_guide_at, make_init, whitened_guide, AutoWhitened,
+                          AutoWhitenedNormal
 check a fit               evaluate_guide, GuideEvaluation
 draws and InferenceData   guide_draws, flat_draws, elbo_estimate, guide_inference_data,
                           mcmc_inference_data, summary
@@ -61,6 +62,7 @@ _add("svilab.inference.jsd_elbo", "GJS_ELBO", "JitGJS_ELBO")
 _add("svilab.inference.jit_elbo", "JitTrace_ELBO", "JitTraceMeanField_ELBO")
 _add("svilab.inference.divergences", "geometric_js")
 _add("svilab.guides", "make_guide", "GUIDES", "AutoFlow", "MeanFieldGamma", "MeanFieldPositiveNormal")
+_add("svilab.guides.whitened", "whitened_guide", "AutoWhitened", "AutoWhitenedNormal")
 _add("svilab.inference.laplace", "laplace", "start_guide_at")
 _add("svilab.inference.init", "make_init")
 _add("svilab.inference.draws", "guide_draws", "flat_draws")

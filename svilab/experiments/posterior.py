@@ -198,6 +198,11 @@ def register(sub) -> None:
                         "--model): guides start at the Laplace approximation (L-BFGS mode and Hessian on the "
                         "unconstrained space; Stan's uniform init where there is no usable mode) and NUTS from "
                         "uniform, Stan's Uniform(-2, 2) on the unconstrained scale. Poisson-Gamma: each guide's own")
+    g.add_argument("--precondition", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --model and the Laplace start: fit lognormal, mvn and flow in the coordinates the "
+                        "Laplace covariance whitens, so that Adam's steps have the posterior's scale in every "
+                        "direction (on by default; --no-precondition fits them in the raw unconstrained "
+                        "coordinates)")
     g.add_argument("--max-error", type=float, default=0.5,
                    help="with --reference: warn when a mean is more than this many reference sds off")
     g.add_argument("--nuts", action="store_true", help="also run NUTS (the MCMC reference)")
@@ -242,7 +247,7 @@ def config_from_args(args: argparse.Namespace, model) -> PosteriorConfig:
         model, guides=args.guides, loss=args.loss, alpha=args.alpha, seed=args.seed, init=args.init,
         steps=args.steps, particles=args.particles, lr=args.lr, draws=args.draws, elbo_samples=args.elbo_samples,
         nuts=args.nuts, nuts_samples=args.nuts_samples, nuts_warmup=args.nuts_warmup, chains=args.chains,
-        reference=args.reference, max_error=args.max_error)
+        reference=args.reference, max_error=args.max_error, precondition=args.precondition)
 
 
 @dataclass

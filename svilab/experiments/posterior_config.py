@@ -47,6 +47,8 @@ class PosteriorConfig:
     :ivar svi: per guide its schedule ``{"steps", "particles", "lr"}`` (``lr`` None on a user's model:
         :data:`USER_LR` by the start).
     :ivar init: the start (``laplace`` or an init strategy; None: each Poisson-Gamma guide's own).
+    :ivar precondition: with a Laplace start, fit ``lognormal``, ``mvn`` and ``flow`` in the coordinates it
+        whitens (:mod:`svilab.guides.whitened`).
     :ivar nuts_settings: ``num_samples``, ``warmup_steps``, ``num_chains``.
     :ivar model: the model's own configuration (``model.config()``); ``user`` when it is a ``--model``.
     """
@@ -57,6 +59,7 @@ class PosteriorConfig:
     alpha: float | None = None
     seed: int = 0
     init: str | None = None
+    precondition: bool = True
     draws: int = 4000
     elbo_samples: int = 100_000
     nuts: bool = False
@@ -71,7 +74,7 @@ class PosteriorConfig:
                   init: str | None = None, steps: int | None = None, particles: int | None = None,
                   lr: float | None = None, draws: int = 4000, elbo_samples: int = 100_000, nuts: bool = False,
                   nuts_samples: int = 500, nuts_warmup: int = 300, chains: int = 4, reference: str | None = None,
-                  max_error: float = 0.5) -> PosteriorConfig:
+                  max_error: float = 0.5, precondition: bool = True) -> PosteriorConfig:
         """The configuration for ``model`` (a ``PoissonGamma`` or a ``UserModel``) with these options,
         every default filled in and every option checked (the messages name the command-line option)."""
         from svilab.models.user import UserModel
@@ -93,12 +96,14 @@ class PosteriorConfig:
             init = choice(init, ["laplace", *INIT_STRATEGIES], "--init")
             if init == "laplace" and not user:
                 raise ValueError("--init laplace needs --model (the Poisson-Gamma guides have their own starts)")
+        if not precondition and not (user and (init or "laplace") == "laplace"):
+            raise ValueError("--no-precondition applies to --model with the Laplace start (--init laplace)")
         if reference is not None and not user:
             raise ValueError("--reference needs --model (the Poisson-Gamma model is compared with its exact posterior)")
         check_memory(6 * 8 * elbo_samples, f"--elbo-samples {elbo_samples}")
         return cls(
             guides=tuple(names), svi={g: settings(g, steps, particles, lr, user) for g in names}, loss=loss,
-            alpha=alpha, seed=seed, init=(init or "laplace") if user else init,
+            alpha=alpha, seed=seed, init=(init or "laplace") if user else init, precondition=bool(precondition),
             draws=positive_int(draws, "--draws", minimum=2),    # a posterior sd needs two draws
             elbo_samples=positive_int(elbo_samples, "--elbo-samples", minimum=2),   # an SE needs 2
             nuts=bool(nuts),
@@ -109,8 +114,8 @@ class PosteriorConfig:
 
     def as_dict(self) -> dict:
         """``config.json``: the command, every setting and the model's configuration."""
-        extra = {"reference": self.reference, "max_error": self.max_error, "init": self.init} if self.user \
-            else {"init": self.init}
+        extra = {"reference": self.reference, "max_error": self.max_error, "init": self.init,
+                 "precondition": self.precondition} if self.user else {"init": self.init}
         return {"command": "posterior", "guides": list(self.guides), "loss": self.loss, "alpha": self.alpha,
                 "seed": self.seed, **extra, "svi": self.svi, "draws": self.draws, "elbo_samples": self.elbo_samples,
                 "nuts": self.nuts, "nuts_settings": self.nuts_settings, **self.model}

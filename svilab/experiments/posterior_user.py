@@ -23,7 +23,7 @@ from svilab.experiments.common import Reporter
 from svilab.experiments.posterior_config import USER_LR, PosteriorConfig, fit_and_evaluate, run_methods
 from svilab.experiments.posterior_figures import figure_losses, figure_marginals_reference
 from svilab.experiments.runs import RunFolder
-from svilab.guides import guide_spec, make_guide
+from svilab.guides import guide_name, guide_spec, make_guide
 from svilab.inference.diagnostics import (
     mcmc_warnings,
     reference_warnings,
@@ -77,22 +77,28 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: PosteriorConfig,
     ``laplace``; guides whose :class:`~svilab.guides.GuideSpec` has ``laplace`` start there when it is usable."""
     pyro.clear_param_store()
     use_laplace = config.init == "laplace" and start is not None and start[1].ok and guide_spec(name).laplace
-    guide = make_guide(name, um.model, init="uniform" if config.init == "laplace" else config.init)
-    if use_laplace:
+    whiten = use_laplace and config.precondition and guide_name(name) in ("lognormal", "mvn", "flow")
+    if whiten:
+        from svilab.guides.whitened import whitened_guide
+
+        guide = whitened_guide(name, um.model, start[1])
+    else:
+        guide = make_guide(name, um.model, init="uniform" if config.init == "laplace" else config.init)
+    if use_laplace and not whiten:
         from svilab.inference.laplace import start_guide_at
 
         with pyro.poutine.block(), torch.no_grad():
             guide()
         start_guide_at(guide, start[1], start[0])
     lr = cfg["lr"] if cfg["lr"] is not None else USER_LR["laplace" if use_laplace else "other"]
-    jit = guide_spec(name).jit and loss_spec(config.loss).jit
+    jit = guide_spec(name).jit and loss_spec(config.loss).jit and getattr(guide, "jit_compatible", True)
     f = fit_and_evaluate(um.model, guide, name, config, cfg, lr, jit, sites.max_plate_nesting, sites=sites)
     elbo, result = f.elbo, f.result
     method = MethodResult(name, f.idata, elbo=elbo.value, elbo_se=elbo.se,
                           elbo_method=f"Monte Carlo (n={elbo.num_samples})", seconds=result.seconds,
                           pareto_k=elbo.pareto_k, warnings=f.warnings,
                           extra={"steps": result.steps_done, "particles": cfg["particles"], "lr": lr,
-                                 "start": "laplace" if use_laplace else
+                                 "start": ("laplace, whitened" if whiten else "laplace") if use_laplace else
                                  ("uniform" if config.init == "laplace" else config.init),
                                  "final_loss": result.final_loss if len(result.history) else None})
     return method, result.history
