@@ -101,3 +101,27 @@ def test_whitened_and_jit_give_the_eager_numbers():
         guide = svilab.whitened_guide("mvn", years_model, approx)
         runs.append(svilab.fit(years_model, guide, YEARS, Y, steps=50, num_particles=4, seed=0, jit=jit).history)
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-9)
+
+
+def test_nuts_started_at_the_laplace_approximation():
+    """NUTS with chains started at draws from the Laplace approximation and its covariance as the (kept)
+    mass matrix: the exact means within 0.15 sd and sds within 10% from 2 x 200 draws (Stan's uniform
+    init and an adapted identity mass matrix ended 11 sd off with R-hat 2.3 after 6 minutes)."""
+    from svilab.inference.mcmc import run_nuts
+    from svilab.inference.summaries import mcmc_inference_data, summary
+
+    mean, sd, *_ = exact()
+    approx = laplace(unconstrained_target(years_model, YEARS, Y), torch.zeros(3, dtype=torch.float64))
+    g = torch.Generator().manual_seed(0)
+    points = approx.loc + 1.5 * torch.randn(2, 3, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(
+        approx.cov).T
+    res = run_nuts(years_model, YEARS, Y, num_samples=200, warmup_steps=100, num_chains=2, seed=0, progress=False,
+                   inverse_mass_matrix=approx.cov, initial_points=points, adapt_mass_matrix=False)
+    s = summary(mcmc_inference_data(res))
+    assert np.all(np.abs(s.loc[["alpha", "beta"], "mean"].to_numpy() - mean) < 0.15 * sd)
+    np.testing.assert_allclose(s.loc[["alpha", "beta"], "sd"].to_numpy(), sd, rtol=0.1)
+    assert float(s["r_hat"].max()) < 1.05
+    with pytest.raises(ValueError, match="initial_points must be a finite \\(2, 3\\) tensor"):
+        run_nuts(years_model, YEARS, Y, num_chains=2, initial_points=points[:, :2])
+    with pytest.raises(ValueError, match="inverse_mass_matrix must be a finite 3 x 3 matrix"):
+        run_nuts(years_model, YEARS, Y, num_chains=2, inverse_mass_matrix=torch.eye(2))

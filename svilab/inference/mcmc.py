@@ -10,6 +10,7 @@ chain when the machine has enough cores, in sequence otherwise.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import warnings
@@ -77,6 +78,29 @@ class _ProgressLines:
               f"({now - self.t0:.0f} s so far, about {left:.0f} s left)", file=sys.stderr, flush=True)
 
 
+class _StartedNUTS(NUTS):
+    """NUTS whose dense mass matrix starts at a given covariance of the unconstrained latent vector
+    (in the model's site order; Pyro keys the dense block by the sorted site names, so it is permuted
+    here) instead of the identity: warm-up's first window then already moves along the posterior's
+    own directions, and the adaptation windows refine it from the chain as usual."""
+
+    def __init__(self, model, inverse_mass, order: list[tuple[str, int]], **kwargs) -> None:
+        super().__init__(model, **kwargs)
+        self._start_inverse_mass, self._order = inverse_mass, order
+
+    def _initialize_adapter(self):
+        super()._initialize_adapter()
+        current = self._adapter.mass_matrix_adapter.inverse_mass_matrix
+        key = next(k for k, v in current.items() if v.dim() == 2)
+        offsets, start = {}, 0
+        for name, size in self._order:
+            offsets[name] = range(start, start + size)
+            start += size
+        perm = torch.tensor([i for name in key for i in offsets[name]])
+        m = self._start_inverse_mass.to(current[key].dtype)[perm][:, perm]
+        self._adapter.mass_matrix_adapter.inverse_mass_matrix = {**current, key: 0.5 * (m + m.T)}
+
+
 @dataclass
 class NUTSResult:
     """The finished :class:`pyro.infer.MCMC` run, its wall time, settings, and the model's arguments."""
@@ -91,7 +115,8 @@ class NUTSResult:
 def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num_chains: int = 4,
              seed: int | None = None, target_accept_prob: float = 0.8, jit_compile: bool = True, full_mass: bool = True,
              chain_method: str = "sequential", progress: bool | None = None, init: str | Callable = "uniform",
-             max_plate_nesting: int | None = None, **kwargs) -> NUTSResult:
+             max_plate_nesting: int | None = None, inverse_mass_matrix: torch.Tensor | None = None,
+             initial_points: torch.Tensor | None = None, adapt_mass_matrix: bool = True, **kwargs) -> NUTSResult:
     """Sample the posterior of ``model(*args, **kwargs)`` with NUTS.
 
     :param num_samples: draws kept per chain; ``warmup_steps`` adaptation steps per chain before them.
@@ -106,6 +131,15 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
         of them samples a site, so improper priors (``dist.ImproperUniform``) work.
     :param progress: Pyro's progress bar (default: when stderr is a terminal); without it, a line on
         stderr every 15 s says which chain and iteration it is at and about how long is left.
+    :param inverse_mass_matrix: the dense mass matrix's starting value, a covariance ``(D, D)`` of the
+        unconstrained latent vector in the model's site order (e.g. the Laplace covariance,
+        :func:`svilab.inference.laplace.laplace`); None: the identity. Needs ``full_mass``.
+    :param adapt_mass_matrix: re-estimate the mass matrix from the warm-up draws (Pyro's windows); off
+        keeps the starting one (``inverse_mass_matrix``), which Pyro's estimate, shrunk towards
+        ``1e-3 I``, would ruin on a posterior whose scales are far below 1e-3.
+    :param initial_points: ``(num_chains, D)`` starting points on the unconstrained space, in the model's
+        site order (e.g. draws from the Laplace approximation: chains that start in the posterior's bulk
+        need no warm-up to find it); None: ``init``.
     :param max_plate_nesting: the model's plate nesting (default: read off one sample-free trace,
         :func:`svilab.inference.sites.model_sites`; Pyro's own guess would sample the model).
     :raises ValueError: num_samples < 1, num_chains < 1, warmup_steps < 0, unknown chain_method or init.
@@ -119,17 +153,52 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
     if seed is not None:
         pyro.set_rng_seed(seed)
     init_strategy = make_init(init) if isinstance(init, str) else init
-    if max_plate_nesting is None:
-        max_plate_nesting = model_sites(model, *args, **kwargs).max_plate_nesting
-    kernel = NUTS(model, target_accept_prob=target_accept_prob, jit_compile=jit_compile,
-                  ignore_jit_warnings=True, full_mass=full_mass, init_strategy=init_strategy,
-                  max_plate_nesting=max_plate_nesting)
+    options = dict(target_accept_prob=target_accept_prob, jit_compile=jit_compile, ignore_jit_warnings=True,
+                   full_mass=full_mass, init_strategy=init_strategy, adapt_mass_matrix=bool(adapt_mass_matrix))
+    starts = [None] * num_chains
+    if initial_points is not None:
+        from torch.distributions import biject_to
+
+        sites = model_sites(model, *args, **kwargs)
+        shapes = [(n, tuple(biject_to(s.support).inverse_shape(s.shape))) for n, s in sites.latent.items()]
+        dim = sum(math.prod(sh) for _, sh in shapes)
+        pts = torch.as_tensor(initial_points, dtype=torch.float64)
+        if pts.shape != (num_chains, dim) or not torch.isfinite(pts).all():
+            raise ValueError(f"initial_points must be a finite ({num_chains}, {dim}) tensor (a point of the "
+                             f"unconstrained space per chain), got shape {tuple(pts.shape)}")
+        if chain_method == "parallel":
+            raise ValueError("initial_points needs chain_method='sequential'")
+        for c in range(num_chains):
+            starts[c], at = {}, 0
+            for name, sh in shapes:
+                k = math.prod(sh)
+                starts[c][name] = pts[c, at:at + k].reshape(sh)
+                at += k
+    if inverse_mass_matrix is None:
+        if max_plate_nesting is None:
+            max_plate_nesting = model_sites(model, *args, **kwargs).max_plate_nesting
+        kernel = NUTS(model, max_plate_nesting=max_plate_nesting, **options)
+    else:
+        from torch.distributions import biject_to
+
+        sites = model_sites(model, *args, **kwargs)
+        order = [(n, int(biject_to(s.support).inverse_shape(s.shape).numel())) for n, s in sites.latent.items()]
+        dim = sum(k for _, k in order)
+        m = torch.as_tensor(inverse_mass_matrix, dtype=torch.float64)
+        if not full_mass:
+            raise ValueError("inverse_mass_matrix needs full_mass=True (a dense mass matrix)")
+        if m.shape != (dim, dim) or not torch.isfinite(m).all():
+            raise ValueError(f"inverse_mass_matrix must be a finite {dim} x {dim} matrix (the model's unconstrained "
+                             f"dimension), got shape {tuple(m.shape)}")
+        kernel = _StartedNUTS(model, m, order, max_plate_nesting=sites.max_plate_nesting if max_plate_nesting is None
+                              else max_plate_nesting, **options)
     chains = num_chains if chain_method == "parallel" else 1
     lines = _ProgressLines(num_chains, warmup_steps, num_samples) if not progress and chains == 1 else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Chains will be drawn sequentially")
         runs = [MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=chains,
-                     disable_progbar=not progress, hook_fn=lines) for _ in range(num_chains // chains)]
+                     disable_progbar=not progress, hook_fn=lines, initial_params=starts[c])
+                for c in range(num_chains // chains)]
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.trace.*is deprecated")
@@ -141,6 +210,9 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
     return NUTSResult(mcmc, time.perf_counter() - t0,
                       {"num_samples": num_samples, "warmup_steps": warmup_steps, "num_chains": num_chains,
                        "seed": seed, "target_accept_prob": target_accept_prob, "chain_method": chain_method,
+                       "mass_matrix_start": "identity" if inverse_mass_matrix is None else "given",
+                       "initial_points": "init" if initial_points is None else "given",
+                       "adapt_mass_matrix": bool(adapt_mass_matrix),
                        "init": init if isinstance(init, str) else getattr(init, "__name__", repr(init))},
                       args, kwargs)
 
