@@ -506,3 +506,18 @@ def test_nuts_says_where_it_is_without_a_progress_bar(monkeypatch, capsys):
     mcmc.run_nuts(model, num_samples=20, warmup_steps=20, num_chains=2, seed=0, progress=False)
     err = capsys.readouterr().err
     assert "NUTS chain 1/2: warmup 1/40" in err and "NUTS chain 2/2: sample 40/40" in err and "s left)" in err
+
+
+def test_estimates_that_lose_the_answer_are_refused_or_warned(tmp_path, capsys):
+    """float32 25 sds into the truncated Normal's tail: non-finite estimates are an error naming the
+    dtype, not a table of NaN; a scale of 1e-9: the bias in standard errors is a warning (stderr and
+    JSON), not silence."""
+    assert main(["gradients", "--point", "5,0.5,-5,0.2", "--dtype", "float32", "--M", "10", "--reps", "20",
+                 "--estimators", "reparam", "--out", str(tmp_path / "a")]) == 2
+    _one_line_error(capsys, "repetitions are not finite at --point 5,0.5,-5,0.2 in float32", "use --dtype float64")
+    assert main(["gradients", "--point", "5,1e-9,1,0.2", "--M", "10", "--reps", "200", "--estimators", "reparam",
+                 "--no-boxplots", "--json", "--out", str(tmp_path / "b")]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["warnings"] and "standard errors from the exact value" in out["warnings"][0]
+    assert "warning: reparam at M=10" in captured.err

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -156,6 +157,7 @@ class ELBOSweep:
     config: SweepConfig
     table: pd.DataFrame
     samples: dict[int, np.ndarray]
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         lab = self.lab
@@ -164,22 +166,49 @@ class ELBOSweep:
         return {"point": dict(zip(lab.param_names, lab.point, strict=True)), "family": lab.family,
                 "exact": exact_json,
                 "results": [{"M": int(M), **{k: float(r[k]) for k in ("mean", "std", "se")}}
-                            for M, r in self.table.iterrows()]}
+                            for M, r in self.table.iterrows()], "warnings": self.warnings}
+
+
+#: an unbiased estimator's mean this many standard errors from the exact value is reported as rounding
+#: error (about 1 in 10^9 by chance for one component)
+BIAS_SE_LIMIT = 6.0
+
+
+def _check_finite(values: np.ndarray, what: str, config: SweepConfig, point) -> None:
+    """A ValueError naming the problem when estimates are NaN/inf (never a table of them)."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        n = int(bad.reshape(len(values), -1).any(1).sum())
+        hint = ("use --dtype float64" if config.dtype == "float32" else
+                "the guide puts mass where the model's log density is not finite; move --point")
+        raise ValueError(f"{what}: {n} of {len(values)} repetitions are not finite at --point {_short(point)} in "
+                         f"{config.dtype} (the arithmetic overflows or underflows there: far in a tail, a tiny or "
+                         f"huge scale); {hint}")
+
+
+def _bias_warning(name: str, M: int, param: str, bias_se: float, config: SweepConfig) -> str:
+    hint = "--dtype float64" if config.dtype == "float32" else "a point nearer the posterior"
+    return (f"{name} at M={M}: the mean of {param} is {bias_se:+.0f} standard errors from the exact value, which an "
+            f"unbiased estimator does not do: at this --point the arithmetic (of the estimates or of the "
+            f"quadrature) loses the answer; the table is not to be trusted there (try {hint})")
 
 
 def run_elbo(lab: Lab, config: SweepConfig) -> ELBOSweep:
     """The ELBO estimator ``config.reps`` times at every M (one generator, seeded by ``config.seed``)."""
     gen = torch.Generator().manual_seed(config.seed)
-    rows, samples = [], {}
+    rows, samples, warnings = [], {}, []
     for M in config.M:
         v = estimate("elbo", lab.target, lab.family, lab.point, M, config.reps, generator=gen,
                      dtype=config.torch_dtype).double()
+        _check_finite(v.numpy(), f"the ELBO estimates at M={M}", config, lab.point)
         samples[M] = v.numpy()
         mean, sd = v.mean().item(), v.std().item()
         se = sd / math.sqrt(config.reps)
-        rows.append({"M": M, "mean": mean, "std": sd, "se": se, "exact": lab.exact_elbo,
-                     "bias/se": (mean - lab.exact_elbo) / math.hypot(se, lab.exact_elbo_se)})
-    return ELBOSweep(lab, config, pd.DataFrame(rows).set_index("M"), samples)
+        bias_se = (mean - lab.exact_elbo) / math.hypot(se, lab.exact_elbo_se) if se > 0 else 0.0
+        rows.append({"M": M, "mean": mean, "std": sd, "se": se, "exact": lab.exact_elbo, "bias/se": bias_se})
+        if abs(bias_se) > BIAS_SE_LIMIT:
+            warnings.append(_bias_warning("the ELBO estimator", M, "the ELBO", bias_se, config))
+    return ELBOSweep(lab, config, pd.DataFrame(rows).set_index("M"), samples, warnings)
 
 
 def elbo_figure(sweep: ELBOSweep):
@@ -205,6 +234,8 @@ def write_elbo(sweep: ELBOSweep, folder: RunFolder, reporter: Reporter) -> dict:
     label = "exact" if lab.exact_method == "quadrature" else "reference"
     reporter.table(f"Monte Carlo ELBO estimate ({lab.family} guide at {_short(lab.point)}, {sweep.config.reps} "
                    f"repetitions; {label}: {lab.exact_method})", sweep.table)
+    for w in sweep.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     return sweep.to_json()
 
 
@@ -220,6 +251,7 @@ class GradientSweep:
     results: list[dict]
     long: pd.DataFrame
     draws: dict
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         lab, names = self.lab, self.lab.param_names
@@ -229,7 +261,7 @@ class GradientSweep:
                                "grad_se": dict(zip(names, lab.exact_grad_se.tolist(), strict=True)),
                                "method": lab.exact_method})
         return {"point": dict(zip(names, lab.point, strict=True)), "family": lab.family, "exact": exact_json,
-                "results": self.results}
+                "results": self.results, "warnings": self.warnings}
 
 
 def run_gradients(lab: Lab, config: SweepConfig) -> GradientSweep:
@@ -238,18 +270,22 @@ def run_gradients(lab: Lab, config: SweepConfig) -> GradientSweep:
     exact_grad, exact_se, reps = lab.exact_grad, lab.exact_grad_se, config.reps
     estimate("reparam", target, family, point, 10, 10, dtype=config.torch_dtype)   # warm-up, so timings are fair
     gen = torch.Generator().manual_seed(config.seed)
-    results, long_rows, draws = [], [], {}
+    results, long_rows, draws, warnings = [], [], {}, []
     for name in config.estimators:
         for M in config.M:
             t0 = time.perf_counter()
             g = estimate(name, target, family, point, M, reps, generator=gen,
                          dtype=config.torch_dtype).double().numpy()
             secs = (time.perf_counter() - t0) / reps
+            _check_finite(g, f"the {name} estimates at M={M}", config, point)
             draws[name, M] = g
             mean, sd = g.mean(0), g.std(0, ddof=1)
             se = np.hypot(sd / math.sqrt(reps), exact_se)   # the reference's own error where it has one
             var = sd**2
-            bias_se = (mean - exact_grad) / se
+            bias_se = np.where(se > 0, (mean - exact_grad) / np.where(se > 0, se, 1.0), 0.0)
+            worst = int(np.argmax(np.abs(bias_se)))
+            if abs(bias_se[worst]) > BIAS_SE_LIMIT:
+                warnings.append(_bias_warning(name, M, names[worst], float(bias_se[worst]), config))
             results.append({"estimator": name, "M": M,
                             "mean": dict(zip(names, mean.tolist(), strict=True)),
                             "std": dict(zip(names, sd.tolist(), strict=True)),
@@ -261,7 +297,7 @@ def run_gradients(lab: Lab, config: SweepConfig) -> GradientSweep:
                                   "std": sd[k], "exact": exact_grad[k],
                                   "bias/se": bias_se[k], "variance": var[k],
                                   "seconds": secs, "variance x seconds": var[k] * secs})
-    return GradientSweep(lab, config, results, pd.DataFrame(long_rows), draws)
+    return GradientSweep(lab, config, results, pd.DataFrame(long_rows), draws, warnings)
 
 
 def gradient_figures(sweep: GradientSweep) -> dict:
@@ -302,6 +338,8 @@ def write_gradients(sweep: GradientSweep, folder: RunFolder, reporter: Reporter)
                    eff, floatfmt=".3g")
     for fname, fig in gradient_figures(sweep).items():
         folder.save_figure(fig, fname)
+    for w in sweep.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     return sweep.to_json()
 
 
