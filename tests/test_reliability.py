@@ -521,3 +521,25 @@ def test_estimates_that_lose_the_answer_are_refused_or_warned(tmp_path, capsys):
     out = json.loads(captured.out)
     assert out["warnings"] and "standard errors from the exact value" in out["warnings"][0]
     assert "warning: reparam at M=10" in captured.err
+
+
+def test_a_model_that_raises_for_some_values_is_named_not_a_traceback(tmp_path, capsys):
+    """A model that raises (a RuntimeError of its own) only where mu > 3: each method is left out with a
+    warning naming the error; with nothing left, one error line and rc 2."""
+    model = tmp_path / "m.py"
+    model.write_text("import torch, pyro, pyro.distributions as dist\n\n"
+                     "def model(data):\n"
+                     "    y = torch.as_tensor(data['y'], dtype=torch.float64)\n"
+                     "    mu = pyro.sample('mu', dist.Normal(torch.tensor(0.0, dtype=torch.float64), 10.0))\n"
+                     "    if (torch.as_tensor(mu) > 3.0).any():\n"
+                     "        raise RuntimeError('mu is too large for my solver')\n"
+                     "    with pyro.plate('data', len(y)):\n"
+                     "        pyro.sample('y', dist.Normal(mu, 1.0), obs=y)\n")
+    data = tmp_path / "d.json"
+    data.write_text('{"y": [2.5, 3.1, 2.9]}')
+    assert main(["posterior", "--model", str(model), "--data", str(data), "--guides", "lognormal", "--steps", "50",
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "warning: lognormal: left out of the comparison: fitting lognormal: the model raised RuntimeError: mu is " \
+           "too large for my solver" in err

@@ -182,9 +182,16 @@ def run_methods(config: PosteriorConfig, fit_one, nuts_one, reporter, describe_f
         histories[name] = history
         reporter.say(describe_fit(name, cfg, method))
     if config.nuts:
-        method = nuts_one()
-        methods.append(method)
-        reporter.say(describe_nuts(method))
+        try:
+            method = nuts_one()
+        except ValueError as exc:
+            if not methods:
+                raise
+            failed["nuts"] = str(exc)
+            print(f"warning: nuts: left out of the comparison: {exc}", file=sys.stderr)
+        else:
+            methods.append(method)
+            reporter.say(describe_nuts(method))
     if not methods:
         raise ValueError(f"no method could be evaluated: {'; '.join(f'{k}: {v}' for k, v in failed.items())}")
     return methods, histories, failed

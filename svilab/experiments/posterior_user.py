@@ -11,6 +11,7 @@ table, the JSON and stderr.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -47,6 +48,24 @@ def parameter_names(sites) -> set[str]:
     """Stan-style names of every scalar of the latent and deterministic sites."""
     shapes = {**{k: s.shape for k, s in sites.latent.items()}, **sites.deterministic}
     return set(flat_draws({k: np.zeros((1, *shape)) for k, shape in shapes.items()}))
+
+
+@contextlib.contextmanager
+def model_errors(what: str):
+    """An exception the user's model raises part-way (for some parameter values only: its first traces
+    passed) becomes a ValueError naming it, so that the method is left out with a warning and the others
+    go on, instead of a traceback that loses them."""
+    from svilab.inference.draws import VectorizationError
+    from svilab.inference.svi import DivergenceError
+
+    try:
+        yield
+    except (ValueError, DivergenceError, VectorizationError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's model may raise anything
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(f"{what}: the model raised {type(exc).__name__}: {first} (for some parameter values only: "
+                         "its first runs passed)") from exc
 
 
 def laplace_start(um: UserModel, sites, reporter: Reporter | None = None):
@@ -92,7 +111,8 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: PosteriorConfig,
         start_guide_at(guide, start[1], start[0])
     lr = cfg["lr"] if cfg["lr"] is not None else USER_LR["laplace" if use_laplace else "other"]
     jit = guide_spec(name).jit and loss_spec(config.loss).jit and getattr(guide, "jit_compatible", True)
-    f = fit_and_evaluate(um.model, guide, name, config, cfg, lr, jit, sites.max_plate_nesting, sites=sites)
+    with model_errors(f"fitting {name}"):
+        f = fit_and_evaluate(um.model, guide, name, config, cfg, lr, jit, sites.max_plate_nesting, sites=sites)
     elbo, result = f.elbo, f.result
     method = MethodResult(name, f.idata, elbo=elbo.value, elbo_se=elbo.se,
                           elbo_method=f"Monte Carlo (n={elbo.num_samples})", seconds=result.seconds,
@@ -119,8 +139,10 @@ def run_user_nuts(um: UserModel, config: PosteriorConfig, sites, start=None) -> 
         points = approx.loc + 1.5 * torch.randn(n["num_chains"], len(approx.loc), generator=g,
                                                 dtype=torch.float64) @ L.T
         extra = {"inverse_mass_matrix": approx.cov, "initial_points": points, "adapt_mass_matrix": False}
-    res = run_nuts(um.model, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"], num_chains=n["num_chains"],
-                   seed=config.seed, init=init, max_plate_nesting=sites.max_plate_nesting, **extra)
+    with model_errors("NUTS"):
+        res = run_nuts(um.model, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"],
+                       num_chains=n["num_chains"], seed=config.seed, init=init,
+                       max_plate_nesting=sites.max_plate_nesting, **extra)
     return nuts_method(res)
 
 
