@@ -543,3 +543,21 @@ def test_a_model_that_raises_for_some_values_is_named_not_a_traceback(tmp_path, 
     assert "Traceback" not in err
     assert "warning: lognormal: left out of the comparison: fitting lognormal: the model raised RuntimeError: mu is " \
            "too large for my solver" in err
+
+
+def test_svi_says_where_it_is_without_a_progress_bar(monkeypatch, capsys):
+    import pyro.distributions as dist
+
+    import svilab
+    import svilab.inference.svi as svi_module
+
+    monkeypatch.setattr(svi_module, "LINE_EVERY", 0.0)
+
+    def model():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    svilab.fit(model, svilab.make_guide("meanfield", model), steps=200, check_every=100, description="SVI x")
+    err = capsys.readouterr().err
+    assert "SVI x: step 100/200, loss" in err and "SVI x: step 200/200" in err and "s left)" in err
+    svilab.fit(model, svilab.make_guide("meanfield", model), steps=200, check_every=100, progress=False)
+    assert capsys.readouterr().err == ""

@@ -167,7 +167,8 @@ class SVI:
     :param stopping: a :class:`StoppingRule` for :meth:`run` (None: run every step).
     :param check_every: how often :meth:`run` reads the losses and the divergence flag (the stopping
         rule's window when one is given).
-    :param progress: tqdm bar in :meth:`run`; default: when stderr is a terminal.
+    :param progress: tqdm bar in :meth:`run`; default: when stderr is a terminal, else a line on stderr
+        every 30 s (step, loss, time left) for a run that lasts that long; False: nothing.
     :param validate: Pyro's validation on the first step only (it halves a small model's step time).
 
     >>> import pyro, pyro.distributions as dist, torch, svilab
@@ -299,6 +300,8 @@ class SVI:
         self._schedule = steps
         self.init(*args, **kwargs)
         progress = sys.stderr.isatty() if self.progress is None else self.progress
+        lines = self.progress is None and not progress          # no terminal: a line every LINE_EVERY s
+        last_line = time.perf_counter()
         history = np.empty(0)
         bar = tqdm(total=steps, desc=self.description, disable=not progress, leave=False, mininterval=0.5)
         stopped = False
@@ -321,6 +324,12 @@ class SVI:
                         "(try a smaller learning rate or more particles)", result)
                 history = np.concatenate([history, block])
                 bar.update(len(block))
+                now = time.perf_counter()
+                if lines and now - last_line > LINE_EVERY:
+                    last_line = now
+                    done = step + 1
+                    print(f"{self.description}: step {done}/{steps}, loss {block[-1]:.4g} ({now - t0:.0f} s so far, "
+                          f"about {(now - t0) / done * (steps - done):.0f} s left)", file=sys.stderr, flush=True)
                 if stopping is not None:
                     stopped = stopping.update(block, at_check)
                     bar.set_postfix(loss=f"{stopping.smooth:.4g}")
@@ -333,6 +342,9 @@ class SVI:
         return FitResult(history, time.perf_counter() - t0, _params(), len(history), stopped,
                          stopping.message if stopped else f"ran all {steps} steps")
 
+
+#: seconds between progress lines when stderr is not a terminal (a log file, a sweep trial)
+LINE_EVERY = 30.0
 
 #: fit's own options (a keyword of fit that is not one of these goes to the model)
 _LOSS_OPTIONS = ("num_particles", "vectorize_particles", "max_plate_nesting", "alpha", "jit")
