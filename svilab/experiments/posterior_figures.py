@@ -1,6 +1,6 @@
 """The figures of ``svilab posterior``: every method's draws against the exact posterior
 (Poisson-Gamma) or the reference draws (``--model``), and the SVI loss curves. One colour per
-method in all of them (the guides' own, :attr:`svilab.guides.GuideSpec.color`)."""
+method in all of them (:data:`COLORS`)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 
-from svilab.guides import GUIDE_SPECS
 from svilab.inference.exact import ExactPosterior
 from svilab.inference.summaries import MethodResult
 
 #: every method's colour in the figures: the guides' own, NUTS, CAVI
-COLORS = {**{n: s.color for n, s in GUIDE_SPECS.items()}, "nuts": "tab:gray", "cavi": "tab:pink"}
+#: each method's colour in every figure
+COLORS = {"normal": "tab:orange", "lognormal": "tab:green", "gamma": "tab:red", "mvn": "tab:purple",
+          "flow": "tab:brown", "nuts": "tab:gray", "cavi": "tab:pink"}
 
 
 def figure_joint(exact: ExactPosterior, methods: list[MethodResult], n_points: int = 1500, n_grid: int = 200):

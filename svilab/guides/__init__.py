@@ -41,7 +41,6 @@ class GuideSpec:
         mean-field guides need global positive latent sites).
     :ivar schedule: SVI settings on the Poisson-Gamma model (``steps``, ``particles``, ``lr``).
     :ivar user_schedule: SVI settings on a user's model (``lr`` None: chosen by the start).
-    :ivar color: its colour in every figure.
     """
 
     name: str
@@ -50,7 +49,6 @@ class GuideSpec:
     init: str
     jit: bool
     laplace: bool
-    color: str
     any_model: bool = True
     schedule: dict = field(default_factory=lambda: {"steps": 2000, "particles": 16, "lr": 0.02})
     user_schedule: dict = field(default_factory=lambda: {"steps": 3000, "particles": 16, "lr": None})
@@ -72,18 +70,18 @@ def _auto_mvn(model, **options):
 #: the guides, by name (the order is the default order of ``svilab posterior``)
 GUIDE_SPECS: dict[str, GuideSpec] = {s.name: s for s in (
     GuideSpec("normal", "mean-field Normal truncated to (0, inf) (the notebook's guide)", MeanFieldPositiveNormal,
-              init="mean", jit=True, laplace=False, color="tab:orange", any_model=False,
+              init="mean", jit=True, laplace=False, any_model=False,
               aliases=("truncated_normal", "truncnormal")),
     GuideSpec("lognormal", "mean-field LogNormal (AutoNormal in the unconstrained space)", _auto_normal,
-              init="feasible", jit=True, laplace=True, color="tab:green",
+              init="feasible", jit=True, laplace=True,
               aliases=("meanfield", "autonormal", "diagonal")),
     GuideSpec("gamma", "mean-field Gamma (the CAVI family)", MeanFieldGamma, init="mean", jit=True, laplace=False,
-              color="tab:red", any_model=False, aliases=("meanfield_gamma",)),
+              any_model=False, aliases=("meanfield_gamma",)),
     GuideSpec("mvn", "full-rank Gaussian in the unconstrained space (AutoMultivariateNormal)", _auto_mvn,
-              init="median", jit=True, laplace=True, color="tab:purple",
+              init="median", jit=True, laplace=True,
               aliases=("fullrank", "automultivariatenormal")),
     GuideSpec("flow", "normalizing flow: autoregressive neural spline + full-rank affine (AutoFlow)", AutoFlow,
-              init="median", jit=False, laplace=True, color="tab:brown",
+              init="median", jit=False, laplace=True,
               # its steps cost ~5x more, so it takes fewer, larger-batch steps
               schedule={"steps": 800, "particles": 128, "lr": 0.03},
               user_schedule={"steps": 3000, "particles": 32, "lr": None}, aliases=("autoflow",)),
