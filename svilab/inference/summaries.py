@@ -60,7 +60,8 @@ def elbo_estimate(model, guide, *args, num_samples: int = 100_000, seed: int | N
     num_samples = positive_int(num_samples, "num_samples (ELBO samples)", minimum=2)
     w = importance_log_weights(model, guide, *args, num_samples=num_samples, seed=seed, **kwargs)
     if not torch.isfinite(w).all():
-        raise ValueError("the ELBO estimate is not finite: the guide puts mass where the model has none")
+        raise ValueError("the ELBO estimate is not finite: the guide puts mass where the model has none, or its "
+                         "parameters ran away (try a smaller learning rate, --lr)")
     return ELBOEstimate(float(w.mean()), float(w.std() / math.sqrt(len(w))), len(w), pareto_k(w))
 
 
