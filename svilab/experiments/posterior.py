@@ -199,10 +199,10 @@ def register(sub) -> None:
                         "unconstrained space; Stan's uniform init where there is no usable mode) and NUTS from "
                         "uniform, Stan's Uniform(-2, 2) on the unconstrained scale. Poisson-Gamma: each guide's own")
     g.add_argument("--precondition", action=argparse.BooleanOptionalAction, default=True,
-                   help="with --model and the Laplace start: fit lognormal, mvn and flow in the coordinates the "
-                        "Laplace covariance whitens, so that Adam's steps have the posterior's scale in every "
-                        "direction (on by default; --no-precondition fits them in the raw unconstrained "
-                        "coordinates)")
+                   help="with --model and the Laplace start, when the Laplace precision's condition number is at "
+                        "least 1000: fit lognormal, mvn and flow in the coordinates the Laplace covariance whitens, "
+                        "so that Adam's steps have the posterior's scale in every direction, and start NUTS at the "
+                        "Laplace approximation (on by default; --no-precondition: never)")
     g.add_argument("--max-error", type=float, default=0.5,
                    help="with --reference: warn when a mean is more than this many reference sds off")
     g.add_argument("--nuts", action="store_true", help="also run NUTS (the MCMC reference)")

@@ -50,6 +50,12 @@ def parameter_names(sites) -> set[str]:
     return set(flat_draws({k: np.zeros((1, *shape)) for k, shape in shapes.items()}))
 
 
+#: precondition (whitened guides, NUTS started at the Laplace approximation) only when the Laplace precision's
+#: condition number is at least this: study (d) in the README found whitening far better on sblrc (3.2e4) and
+#: the raw-years regression (5e10), and worse on eight schools (295), where Adam in the raw coordinates is fine
+PRECONDITION_MIN_CONDITION = 1e3
+
+
 @contextlib.contextmanager
 def model_errors(what: str):
     """An exception the user's model raises part-way (for some parameter values only: its first traces
@@ -96,7 +102,8 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: PosteriorConfig,
     ``laplace``; guides whose :class:`~svilab.guides.GuideSpec` has ``laplace`` start there when it is usable."""
     pyro.clear_param_store()
     use_laplace = config.init == "laplace" and start is not None and start[1].ok and guide_spec(name).laplace
-    whiten = use_laplace and config.precondition and guide_name(name) in ("lognormal", "mvn", "flow")
+    whiten = (use_laplace and config.precondition and guide_name(name) in ("lognormal", "mvn", "flow")
+              and start[1].condition_number >= PRECONDITION_MIN_CONDITION)
     if whiten:
         from svilab.guides.whitened import whitened_guide
 
@@ -132,7 +139,8 @@ def run_user_nuts(um: UserModel, config: PosteriorConfig, sites, start=None) -> 
     n = config.nuts_settings
     init = "uniform" if config.init == "laplace" else config.init  # NUTS adapts from Stan's init
     extra = {}
-    if start is not None and start[1].ok and config.precondition:
+    if (start is not None and start[1].ok and config.precondition
+            and start[1].condition_number >= PRECONDITION_MIN_CONDITION):
         approx = start[1]
         g = torch.Generator().manual_seed(config.seed + 3)
         L = torch.linalg.cholesky(approx.cov)

@@ -45,6 +45,8 @@ class LaplaceApproximation:
     ok: bool
     message: str
     log_density: float = math.nan
+    #: condition number of the precision (largest over smallest eigenvalue); nan when not ``ok``
+    condition_number: float = math.nan
 
 
 def _scaled_cholesky(precision: torch.Tensor):
@@ -164,9 +166,10 @@ def laplace(target: UnconstrainedTarget, init: torch.Tensor, max_iter: int = 100
     cov = torch.cholesky_inverse(L) / d[:, None] / d[None, :]
     cond = torch.linalg.eigvalsh(precision / d[:, None] / d[None, :])
     corr = float(cond[-1] / cond[0])
+    raw = _condition(precision)
     return LaplaceApproximation(mode, 0.5 * (cov + cov.T), precision, True,
                                 f"mode and Hessian found (Newton decrement {decrement:.1e} nats; condition number "
-                                f"{corr:.3g} after scaling, {_condition(precision):.3g} before)", value)
+                                f"{corr:.3g} after scaling, {raw:.3g} before)", value, raw)
 
 
 def _condition(precision: torch.Tensor) -> float:
