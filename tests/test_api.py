@@ -121,7 +121,7 @@ def test_fit_takes_model_keywords_and_refuses_options_it_would_ignore(data):
         (dict(optim=pyro.optim.Adam({"lr": 0.1}), lr=0.5), "lr=0.5, which that optimizer would ignore"),
         (dict(loss="renyi", num_particles=2, jit=True), "'renyi' has no JIT-compiled variant"),
         (dict(prior_scal=5.0), "unexpected keyword argument 'prior_scal'"),
-        (dict(model_kwargs={"prior_scale": 1.0}, prior_scale=2.0), "both as keywords and in model_kwargs"),
+        (dict(model_kwargs={"prior_scale": 1.0}, prior_scale=2.0), "given twice \\(as keywords and in model_kwargs\\)"),
     ]
     for kwargs, message in cases:
         with pytest.raises((ValueError, TypeError), match=message):

@@ -56,6 +56,13 @@ def parameter_names(sites) -> set[str]:
 PRECONDITION_MIN_CONDITION = 1e3
 
 
+def preconditioned(config: PosteriorConfig, start) -> bool:
+    """Whether the guides are whitened and NUTS starts at the Laplace approximation ``start``
+    (``(target, approx)`` or None): asked for, usable, and ill-conditioned enough to need it."""
+    return (start is not None and start[1].ok and config.precondition
+            and start[1].condition_number >= PRECONDITION_MIN_CONDITION)
+
+
 @contextlib.contextmanager
 def model_errors(what: str):
     """An exception the user's model raises part-way (for some parameter values only: its first traces
@@ -102,8 +109,7 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: PosteriorConfig,
     ``laplace``; guides whose :class:`~svilab.guides.GuideSpec` has ``laplace`` start there when it is usable."""
     pyro.clear_param_store()
     use_laplace = config.init == "laplace" and start is not None and start[1].ok and guide_spec(name).laplace
-    whiten = (use_laplace and config.precondition and guide_name(name) in ("lognormal", "mvn", "flow")
-              and start[1].condition_number >= PRECONDITION_MIN_CONDITION)
+    whiten = use_laplace and preconditioned(config, start) and guide_name(name) in ("lognormal", "mvn", "flow")
     if whiten:
         from svilab.guides.whitened import whitened_guide
 
@@ -139,8 +145,7 @@ def run_user_nuts(um: UserModel, config: PosteriorConfig, sites, start=None) -> 
     n = config.nuts_settings
     init = "uniform" if config.init == "laplace" else config.init  # NUTS adapts from Stan's init
     extra = {}
-    if (start is not None and start[1].ok and config.precondition
-            and start[1].condition_number >= PRECONDITION_MIN_CONDITION):
+    if preconditioned(config, start):
         approx = start[1]
         g = torch.Generator().manual_seed(config.seed + 3)
         L = torch.linalg.cholesky(approx.cov)

@@ -66,11 +66,17 @@ def check_alpha(alpha: float) -> float:
     return a
 
 
-def _normal_parts(d, role: str) -> tuple[Normal, int]:
+def unwrap_independent(d) -> tuple[object, int]:
+    """The distribution under any ``Independent`` wrappers, and how many batch dims they reinterpret."""
     ndims = 0
     while isinstance(d, Independent):
         ndims += d.reinterpreted_batch_ndims
         d = d.base_dist
+    return d, ndims
+
+
+def _normal_parts(d, role: str) -> tuple[Normal, int]:
+    d, ndims = unwrap_independent(d)
     if not isinstance(d, Normal):
         raise ValueError(f"geometric_js: the {role} must be a (diagonal) Normal distribution, "
                          f"got {type(d).__name__}")
@@ -87,9 +93,7 @@ def geometric_mean(q: Normal, p: Normal, alpha: float) -> Normal:
 
 def is_normal(d) -> bool:
     """``d`` is a Normal or an ``Independent`` of one (the closed form applies)."""
-    while isinstance(d, Independent):
-        d = d.base_dist
-    return isinstance(d, Normal)
+    return isinstance(unwrap_independent(d)[0], Normal)
 
 
 def geometric_js_mc(q, p, alpha: float = 0.5, dual: bool = False, num_samples: int = 64) -> torch.Tensor:
@@ -148,4 +152,4 @@ def geometric_js(q, p, alpha: float = 0.5, dual: bool = False, num_samples: int 
     return value.sum(tuple(range(-nq, 0))) if nq else value
 
 
-__all__ = ["check_alpha", "geometric_js", "geometric_js_mc", "geometric_mean", "is_normal"]
+__all__ = ["check_alpha", "geometric_js", "geometric_js_mc", "geometric_mean", "is_normal", "unwrap_independent"]

@@ -32,7 +32,7 @@ import torch
 from pyro import poutine
 from pyro.infer.importance import vectorized_importance_weights
 
-from svilab.inference.sites import ModelSites, model_sites
+from svilab.inference.sites import ModelSites, merge_model_kwargs, model_sites
 from svilab.memory import check_memory
 from svilab.validation import positive_int
 
@@ -137,13 +137,6 @@ def _chunks(total: int, chunk: int):
         start += n
 
 
-def _merge_kwargs(kwargs: dict, model_kwargs: dict | None) -> dict:
-    both = set(kwargs) & set(model_kwargs or {})
-    if both:
-        raise TypeError(f"model keyword arguments {sorted(both)} given twice (as keywords and in model_kwargs)")
-    return {**(model_kwargs or {}), **kwargs}
-
-
 def guide_draws(model, guide, *args, num_samples: int = 4000, chunk: int = DEFAULT_CHUNK, seed: int | None = None,
                 sites: ModelSites | None = None, keep: bool = True, model_kwargs: dict | None = None,
                 **kwargs) -> Draws:
@@ -154,7 +147,7 @@ def guide_draws(model, guide, *args, num_samples: int = 4000, chunk: int = DEFAU
     :param model_kwargs: model keyword arguments named like an option here (``seed``, ``chunk``, ...);
         the other keywords go to the model too.
     """
-    kwargs = _merge_kwargs(kwargs, model_kwargs)
+    kwargs = merge_model_kwargs(kwargs, model_kwargs, "guide_draws")
     num_samples = positive_int(num_samples, "num_samples")
     chunk = max(2, positive_int(chunk, "chunk"))
     sites = sites or model_sites(model, *args, **kwargs)

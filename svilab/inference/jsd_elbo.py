@@ -33,10 +33,10 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.util import torch_item
-from torch.distributions import Independent, TransformedDistribution, biject_to
+from torch.distributions import TransformedDistribution, biject_to
 from torch.distributions.transforms import ComposeTransform, IndependentTransform
 
-from svilab.inference.divergences import check_alpha, geometric_js
+from svilab.inference.divergences import check_alpha, geometric_js, unwrap_independent
 from svilab.inference.jit_elbo import JitTraceMeanField_ELBO
 from svilab.validation import finite
 
@@ -104,12 +104,6 @@ class GeometricJSD_ELBO(TraceMeanField_ELBO):
         return loss, -objective
 
 
-def _unwrap(d):
-    while isinstance(d, Independent):
-        d = d.base_dist
-    return d
-
-
 def _is_identity(t) -> bool:
     while isinstance(t, IndependentTransform):
         t = t.base_transform
@@ -122,7 +116,7 @@ def _site_pair(name: str, model_site: dict, guide_trace) -> tuple:
     guide_site = guide_trace.nodes.get(name)
     if guide_site is None or guide_site["type"] != "sample":
         raise ValueError(f"latent site {name!r} of the model is not in the guide")
-    if type(_unwrap(guide_site["fn"])).__name__ != "Delta":
+    if type(unwrap_independent(guide_site["fn"])[0]).__name__ != "Delta":
         return guide_site["fn"], model_site["fn"], {name}
     aux = guide_trace.nodes.get(f"{name}_unconstrained")             # AutoNormal's per-site auxiliary
     if aux is not None and aux["type"] == "sample" and aux["infer"].get("is_auxiliary"):

@@ -61,6 +61,12 @@ def _scaled_cholesky(precision: torch.Tensor):
     return (L, d) if int(info) == 0 else None
 
 
+def _scaled_solve(chol, b: torch.Tensor) -> torch.Tensor:
+    """:math:`A^{-1} b` for the ``(L, d)`` of :func:`_scaled_cholesky` of ``A``."""
+    L, d = chol
+    return torch.cholesky_solve((b / d)[:, None], L)[:, 0] / d
+
+
 def _hessian(target: UnconstrainedTarget, z: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
     with torch.enable_grad():
         value = float(target(z[:, None])[0])
@@ -82,9 +88,7 @@ def _newton(target: UnconstrainedTarget, z: torch.Tensor, max_iter: int = 100, t
         precision = -hess
         chol = _scaled_cholesky(precision)
         if chol is not None:
-            L, d = chol
-            w = torch.cholesky_solve((grad / d)[:, None], L)[:, 0] / d
-            decrement = 0.5 * float(grad @ w)
+            decrement = 0.5 * float(grad @ _scaled_solve(chol, grad))
             if decrement < tol:
                 return z, value, grad, precision, decrement, it
         scale = precision.diagonal().abs().clamp_min(1e-300)
@@ -93,9 +97,7 @@ def _newton(target: UnconstrainedTarget, z: torch.Tensor, max_iter: int = 100, t
             damped = precision + mu * torch.diag(scale)
             chol_d = _scaled_cholesky(damped)
             if chol_d is not None:
-                L, d = chol_d
-                step = torch.cholesky_solve((grad / d)[:, None], L)[:, 0] / d
-                new = z + step
+                new = z + _scaled_solve(chol_d, grad)
                 new_value = float(target(new[:, None])[0])
                 if math.isfinite(new_value) and new_value >= value - 1e-12 * abs(value):
                     z = new
@@ -143,8 +145,7 @@ def laplace(target: UnconstrainedTarget, init: torch.Tensor, max_iter: int = 100
         value, grad, hess = _hessian(target, mode)
         precision, iters = -hess, 0
         chol = _scaled_cholesky(precision)
-        decrement = math.inf if chol is None else 0.5 * float(
-            grad @ (torch.cholesky_solve((grad / chol[1])[:, None], chol[0])[:, 0] / chol[1]))
+        decrement = math.inf if chol is None else 0.5 * float(grad @ _scaled_solve(chol, grad))
     if not (math.isfinite(value) and torch.isfinite(precision).all()):
         return LaplaceApproximation(mode, None, None, False, "non-finite log density or Hessian at the mode")
     chol = _scaled_cholesky(precision)

@@ -156,12 +156,13 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
     options = dict(target_accept_prob=target_accept_prob, jit_compile=jit_compile, ignore_jit_warnings=True,
                    full_mass=full_mass, init_strategy=init_strategy, adapt_mass_matrix=bool(adapt_mass_matrix))
     starts = [None] * num_chains
+    sites = None
+    if initial_points is not None or inverse_mass_matrix is not None or max_plate_nesting is None:
+        sites = model_sites(model, *args, **kwargs)          # one sample-free trace for all of these
+        max_plate_nesting = sites.max_plate_nesting if max_plate_nesting is None else max_plate_nesting
     if initial_points is not None:
-        from torch.distributions import biject_to
-
-        sites = model_sites(model, *args, **kwargs)
-        shapes = [(n, tuple(biject_to(s.support).inverse_shape(s.shape))) for n, s in sites.latent.items()]
-        dim = sum(math.prod(sh) for _, sh in shapes)
+        shapes = sites.unconstrained_shapes
+        dim = sum(math.prod(sh) for sh in shapes.values())
         pts = torch.as_tensor(initial_points, dtype=torch.float64)
         if pts.shape != (num_chains, dim) or not torch.isfinite(pts).all():
             raise ValueError(f"initial_points must be a finite ({num_chains}, {dim}) tensor (a point of the "
@@ -170,19 +171,14 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
             raise ValueError("initial_points needs chain_method='sequential'")
         for c in range(num_chains):
             starts[c], at = {}, 0
-            for name, sh in shapes:
+            for name, sh in shapes.items():
                 k = math.prod(sh)
                 starts[c][name] = pts[c, at:at + k].reshape(sh)
                 at += k
     if inverse_mass_matrix is None:
-        if max_plate_nesting is None:
-            max_plate_nesting = model_sites(model, *args, **kwargs).max_plate_nesting
         kernel = NUTS(model, max_plate_nesting=max_plate_nesting, **options)
     else:
-        from torch.distributions import biject_to
-
-        sites = model_sites(model, *args, **kwargs)
-        order = [(n, int(biject_to(s.support).inverse_shape(s.shape).numel())) for n, s in sites.latent.items()]
+        order = [(n, math.prod(sh)) for n, sh in sites.unconstrained_shapes.items()]
         dim = sum(k for _, k in order)
         m = torch.as_tensor(inverse_mass_matrix, dtype=torch.float64)
         if not full_mass:
@@ -190,8 +186,7 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
         if m.shape != (dim, dim) or not torch.isfinite(m).all():
             raise ValueError(f"inverse_mass_matrix must be a finite {dim} x {dim} matrix (the model's unconstrained "
                              f"dimension), got shape {tuple(m.shape)}")
-        kernel = _StartedNUTS(model, m, order, max_plate_nesting=sites.max_plate_nesting if max_plate_nesting is None
-                              else max_plate_nesting, **options)
+        kernel = _StartedNUTS(model, m, order, max_plate_nesting=max_plate_nesting, **options)
     chains = num_chains if chain_method == "parallel" else 1
     lines = _ProgressLines(num_chains, warmup_steps, num_samples) if not progress and chains == 1 else None
     with warnings.catch_warnings():

@@ -265,8 +265,11 @@ class PyroOptimStepper:
     @torch.no_grad()
     def step(self, loss: torch.Tensor) -> None:
         live = [p for p in self.params if p.grad is not None]
-        value = float(loss.detach())
-        finite = math.isfinite(value) and all(bool(torch.isfinite(p.grad).all()) for p in live)
+        loss = loss.detach()
+        found = torch.zeros((), dtype=torch.float32, device=loss.device)   # the guard GuardedAdam uses, one sync
+        torch._amp_foreach_non_finite_check_and_unscale_([*(p.grad for p in live), loss.reshape(1).float()], found,
+                                                         torch.ones((), device=loss.device))
+        value, finite = float(loss), not bool(found)
         if not finite and self._bad is None:
             self._bad = self.t
         if self._bad is None and live:
@@ -291,15 +294,20 @@ def make_stepper(optim, params: Iterable[torch.Tensor], steps: int | None):
     """The object :class:`svilab.SVI` steps with: a :class:`GuardedAdam` for :class:`ClippedAdam` and
     for the ``pyro.optim`` objects it can run exactly (:meth:`ClippedAdam.from_pyro`), else a
     :class:`PyroOptimStepper`."""
-    import pyro.optim
-
+    check_optim(optim)
     if isinstance(optim, ClippedAdam):
         return optim.build(params, steps)
-    if isinstance(optim, pyro.optim.PyroOptim):
-        same = ClippedAdam.from_pyro(optim)
-        return same.build(params, steps) if same is not None else PyroOptimStepper(optim, params, steps)
-    raise TypeError(f"optim must be a pyro.optim optimizer (e.g. pyro.optim.Adam({{'lr': 0.01}})) or "
-                    f"svilab.ClippedAdam(...), got {type(optim).__name__}")
+    same = ClippedAdam.from_pyro(optim)
+    return same.build(params, steps) if same is not None else PyroOptimStepper(optim, params, steps)
 
 
-__all__ = ["ClippedAdam", "GuardedAdam", "PyroOptimStepper", "make_stepper"]
+def check_optim(optim) -> None:
+    """A TypeError unless ``optim`` is :class:`ClippedAdam` or a ``pyro.optim`` optimizer."""
+    import pyro.optim
+
+    if not isinstance(optim, (ClippedAdam, pyro.optim.PyroOptim)):
+        raise TypeError(f"optim must be a pyro.optim optimizer (e.g. pyro.optim.Adam({{'lr': 0.01}})) or "
+                        f"svilab.ClippedAdam(...), got {type(optim).__name__}")
+
+
+__all__ = ["ClippedAdam", "GuardedAdam", "PyroOptimStepper", "check_optim", "make_stepper"]

@@ -42,10 +42,8 @@ class UnconstrainedTarget(Target):
         self.model, self.sites, self.args, self.kwargs = model, sites, args, kwargs
         self.transforms, self.shapes, self.sizes = {}, {}, {}
         names = []
-        for name, s in sites.latent.items():
-            t = biject_to(s.support)
-            ushape = tuple(t.inverse_shape(s.shape))
-            self.transforms[name], self.shapes[name] = t, ushape
+        for name, ushape in sites.unconstrained_shapes.items():
+            self.transforms[name], self.shapes[name] = biject_to(sites.latent[name].support), ushape
             self.sizes[name] = math.prod(ushape)
             names += [name] if not ushape else [f"{name}[{i + 1}]" for i in range(self.sizes[name])]
         super().__init__(self._log_joint, None, dim=sum(self.sizes.values()), support="real")

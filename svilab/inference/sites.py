@@ -60,6 +60,24 @@ class ModelSites:
         """Total number of scalar latent values (constrained space)."""
         return sum(s.shape.numel() for s in self.latent.values())
 
+    @property
+    def unconstrained_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each latent site's shape on the unconstrained space (Pyro's ``biject_to(support)``), in site
+        order: the layout of the stacked unconstrained vector (Laplace, estimators, NUTS starts)."""
+        from torch.distributions import biject_to
+
+        return {k: tuple(biject_to(s.support).inverse_shape(s.shape)) for k, s in self.latent.items()}
+
+
+def merge_model_kwargs(kwargs: dict, model_kwargs: dict | None, who: str = "model") -> dict:
+    """The model's keyword arguments from a function's stray keywords and its ``model_kwargs`` (for names
+    the function uses itself): a name given both ways is a TypeError."""
+    both = set(kwargs) & set(model_kwargs or {})
+    if both:
+        raise TypeError(f"{who}: model keyword arguments {sorted(both)} given twice (as keywords and in "
+                        "model_kwargs)")
+    return {**(model_kwargs or {}), **kwargs}
+
 
 def is_deterministic(site: dict) -> bool:
     return bool(site.get("infer", {}).get("_deterministic", False))
@@ -108,5 +126,5 @@ def model_sites(model, *args, **kwargs) -> ModelSites:
     return ModelSites(latent, observed, deterministic, factors, max_plate_nesting_of(trace))
 
 
-__all__ = ["LatentSite", "ModelSites", "is_deterministic", "is_factor", "max_plate_nesting_of", "model_sites",
-           "prototype_trace"]
+__all__ = ["LatentSite", "ModelSites", "is_deterministic", "is_factor", "max_plate_nesting_of", "merge_model_kwargs",
+           "model_sites", "prototype_trace"]

@@ -37,7 +37,7 @@ import torch
 from svilab.inference.diagnostics import pareto_k
 from svilab.inference.draws import Draws, flat_draws, guide_draws, importance_log_weights, replay_draws
 from svilab.inference.reference import Reference
-from svilab.inference.sites import ModelSites, model_sites
+from svilab.inference.sites import ModelSites, merge_model_kwargs, model_sites
 from svilab.validation import positive_int
 
 
@@ -89,7 +89,7 @@ def guide_inference_data(model, guide, *args, num_samples: int = 4000, seed: int
                          draws: Draws | None = None, model_kwargs: dict | None = None, **kwargs) -> az.InferenceData:
     """``InferenceData`` for a fitted guide: independent draws as one chain (module docstring);
     ``model_kwargs``: model keyword arguments named like an option here."""
-    kwargs = {**(model_kwargs or {}), **kwargs}
+    kwargs = merge_model_kwargs(kwargs, model_kwargs, "guide_inference_data")
     sites = model_sites(model, *args, **kwargs)
     if draws is None:
         draws = guide_draws(model, guide, *args, num_samples=num_samples, seed=seed, sites=sites, **kwargs)

@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 
 from svilab.inference.jit_elbo import compile_quietly
 from svilab.inference.losses import make_loss
-from svilab.inference.optim import make_stepper
+from svilab.inference.optim import check_optim, make_stepper
+from svilab.inference.sites import merge_model_kwargs
 from svilab.validation import positive, positive_int
 
 
@@ -190,16 +191,12 @@ class SVI:
 
     def __init__(self, model, guide, optim, loss, *, stopping: StoppingRule | None = None, check_every: int = 100,
                  progress: bool | None = None, description: str = "SVI", validate: bool = True) -> None:
-        from svilab.inference.optim import ClippedAdam
-
         if isinstance(loss, str):
             loss = make_loss(loss)
         if not (hasattr(loss, "differentiable_loss") or hasattr(loss, "loss_and_grads")):
             raise TypeError(f"loss must be a Pyro ELBO (e.g. pyro.infer.Trace_ELBO()) or a loss name, "
                             f"got {type(loss).__name__}")
-        if not (isinstance(optim, (ClippedAdam, pyro.optim.PyroOptim))):
-            raise TypeError(f"optim must be a pyro.optim optimizer (e.g. pyro.optim.Adam({{'lr': 0.01}})) or "
-                            f"svilab.ClippedAdam(...), got {type(optim).__name__}")
+        check_optim(optim)
         if stopping is not None and not isinstance(stopping, StoppingRule):
             raise TypeError(f"stopping must be a svilab.StoppingRule, got {type(stopping).__name__}")
         self.model, self.guide, self.optim, self.loss = model, guide, optim, loss  # stable: Pyro's JIT keys on them
@@ -355,9 +352,7 @@ def _model_kwargs(model, extra: dict, model_kwargs: dict | None) -> dict:
     against the model's signature (a misspelt option of fit is an error, not a model argument)."""
     import inspect
 
-    both = set(extra) & set(model_kwargs or {})
-    if both:
-        raise TypeError(f"fit() got {sorted(both)} both as keywords and in model_kwargs")
+    merged = merge_model_kwargs(extra, model_kwargs, "fit()")
     if extra:
         try:
             params = inspect.signature(model).parameters
@@ -368,7 +363,7 @@ def _model_kwargs(model, extra: dict, model_kwargs: dict | None) -> dict:
             if unknown:
                 raise TypeError(f"fit() got an unexpected keyword argument {unknown[0]!r}: it is neither an option "
                                 f"of fit nor an argument of the model {getattr(model, '__name__', model)!r}")
-    return {**(model_kwargs or {}), **extra}
+    return merged
 
 
 def fit(model, guide, *args, loss="trace_elbo", optim=None, lr: float | None = None, lr_final: float | None = None,
