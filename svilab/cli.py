@@ -83,7 +83,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         text = action.help or ""
         default = action.default
         if (not action.option_strings or "default" in text.lower() or default is None or default is False
-                or default is argparse.SUPPRESS or isinstance(action, argparse._HelpAction)):
+                or default is argparse.SUPPRESS):
             return text
         if isinstance(default, (list, tuple)):
             default = " ".join(map(str, default))

@@ -24,6 +24,7 @@ from pyro.infer.mcmc.util import diagnostics as mcmc_diagnostics
 
 from svilab.inference.init import make_init
 from svilab.inference.sites import model_sites
+from svilab.progress import ProgressLines
 from svilab.validation import choice, positive_int
 
 
@@ -54,28 +55,22 @@ class SequentialChains:
 
 class _ProgressLines:
     """``hook_fn`` for :class:`pyro.infer.MCMC` where there is no progress bar (stderr not a terminal):
-    a line on stderr at most every ``every`` seconds, with the chain, the stage, the iteration and an
-    estimate of the time left for every chain (from the mean time per iteration so far)."""
+    a line at most every ``every`` seconds with the chain, the stage, the iteration and the time left
+    for every chain (:class:`svilab.progress.ProgressLines`)."""
 
     def __init__(self, num_chains: int, warmup: int, samples: int, every: float = 15.0) -> None:
-        self.total = num_chains * (warmup + samples)
+        self.lines = ProgressLines(num_chains * (warmup + samples), every)
         self.per_chain, self.warmup, self.num_chains = warmup + samples, warmup, num_chains
-        self.every, self.chain, self.done = every, 0, 0
-        self.t0 = self.last = time.perf_counter()
+        self.chain, self.done = 0, 0
 
     def next_chain(self) -> None:
         self.chain += 1
 
     def __call__(self, kernel, samples, stage, i) -> None:
         self.done += 1
-        now = time.perf_counter()
-        if now - self.last < self.every:
-            return
-        self.last = now
-        left = (now - self.t0) / self.done * (self.total - self.done)
         step = i + 1 if stage == "Warmup" else self.warmup + i + 1
-        print(f"NUTS chain {self.chain}/{self.num_chains}: {stage.lower()} {step}/{self.per_chain} "
-              f"({now - self.t0:.0f} s so far, about {left:.0f} s left)", file=sys.stderr, flush=True)
+        self.lines.update(self.done, f"NUTS chain {self.chain}/{self.num_chains}: {stage.lower()} {step}/"
+                                     f"{self.per_chain}")
 
 
 class _StartedNUTS(NUTS):

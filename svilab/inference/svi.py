@@ -40,6 +40,7 @@ from svilab.inference.jit_elbo import compile_quietly
 from svilab.inference.losses import make_loss
 from svilab.inference.optim import check_optim, make_stepper
 from svilab.inference.sites import merge_model_kwargs
+from svilab.progress import ProgressLines
 from svilab.validation import positive, positive_int
 
 
@@ -297,8 +298,7 @@ class SVI:
         self._schedule = steps
         self.init(*args, **kwargs)
         progress = sys.stderr.isatty() if self.progress is None else self.progress
-        lines = self.progress is None and not progress          # no terminal: a line every LINE_EVERY s
-        last_line = time.perf_counter()
+        lines = ProgressLines(steps, LINE_EVERY) if self.progress is None and not progress else None  # no terminal
         history = np.empty(0)
         bar = tqdm(total=steps, desc=self.description, disable=not progress, leave=False, mininterval=0.5)
         stopped = False
@@ -321,12 +321,8 @@ class SVI:
                         "(try a smaller learning rate or more particles)", result)
                 history = np.concatenate([history, block])
                 bar.update(len(block))
-                now = time.perf_counter()
-                if lines and now - last_line > LINE_EVERY:
-                    last_line = now
-                    done = step + 1
-                    print(f"{self.description}: step {done}/{steps}, loss {block[-1]:.4g} ({now - t0:.0f} s so far, "
-                          f"about {(now - t0) / done * (steps - done):.0f} s left)", file=sys.stderr, flush=True)
+                if lines is not None:
+                    lines.update(step + 1, f"{self.description}: step {step + 1}/{steps}, loss {block[-1]:.4g}")
                 if stopping is not None:
                     stopped = stopping.update(block, at_check)
                     bar.set_postfix(loss=f"{stopping.smooth:.4g}")
