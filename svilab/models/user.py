@@ -60,13 +60,20 @@ class UserModel:
         return f"UserModel({self.name})"
 
 
-def parse_model_spec(spec: str) -> tuple[Path, str]:
-    """``"path/to/file.py:func"`` -> (path, func); func defaults to ``model``."""
+def split_model_spec(spec: str) -> tuple[str, str | None]:
+    """``"path/to/file.py:func"`` -> ``("path/to/file.py", "func")``; ``(spec, None)`` without a ``:FUNC``
+    (a ``:`` followed by a path or a ``.py`` name is part of the path, as in ``C:/models/m.py``)."""
     text = str(spec)
-    path, func = text, "model"
     head, sep, tail = text.rpartition(":")
     if sep and head and tail and "/" not in tail and "\\" not in tail and not tail.endswith(".py"):
-        path, func = head, tail
+        return head, tail
+    return text, None
+
+
+def parse_model_spec(spec: str) -> tuple[Path, str]:
+    """``"path/to/file.py:func"`` -> (path, func); func defaults to ``model``."""
+    path, func = split_model_spec(spec)
+    func = "model" if func is None else func
     if not func.isidentifier():
         raise ValueError(f"--model {spec}: {func!r} is not a Python function name")
     return Path(path), func
@@ -188,4 +195,4 @@ def float64_default():
 
 
 __all__ = ["UserModel", "float64_default", "load_data", "load_function", "load_user_model", "parse_model_spec",
-           "read_json"]
+           "read_json", "split_model_spec"]

@@ -210,9 +210,10 @@ def split_model(key: str, value: str) -> tuple[str, str]:
     """``("FILE.py", ":FUNC")`` of a ``model`` value (``("FILE.py", "")`` without a function), ``(value, "")``
     for any other path option."""
     if key.replace("-", "_") == "model":
-        head, sep, tail = value.rpartition(":")
-        if sep and head and tail.isidentifier():
-            return head, f":{tail}"
+        from svilab.models.user import split_model_spec
+
+        path, func = split_model_spec(value)         # the --model command's own rule
+        return path, "" if func is None else f":{func}"
     return value, ""
 
 
