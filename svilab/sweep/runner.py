@@ -121,6 +121,11 @@ def _metric_text(record: dict, limit: int = 3) -> str:
     return "; ".join(parts)
 
 
+#: seconds between rewrites of the tables while a sweep runs (``--report`` reads the records at any time;
+#: the caller writes the final tables)
+TABLES_EVERY = 5.0
+
+
 def execute(run: SweepRun, folder: RunFolder, *, address: str | None, max_concurrent: int | None,
             retries: int, say, json_mode: bool = False) -> None:
     """Run every trial of ``run`` not finished yet on Ray, installing each as it ends and rewriting
@@ -154,6 +159,7 @@ def execute(run: SweepRun, folder: RunFolder, *, address: str | None, max_concur
         task = ray.remote(num_cpus=1, max_retries=retries)(run_trial)
         inflight: dict = {}
         secs: list[float] = []
+        tables_at = time.perf_counter()
         total = len(run.trials)
         bar = tqdm(total=total, initial=len(run.records), desc="trials", unit="trial", file=sys.stderr,
                    disable=not sys.stderr.isatty(), dynamic_ncols=True)
@@ -179,7 +185,9 @@ def execute(run: SweepRun, folder: RunFolder, *, address: str | None, max_concur
                     run.records[t.key] = rec
                     if result.get("seconds"):
                         secs.append(result["seconds"])
-                    report.write_tables(run.path, run.report())
+                    if time.perf_counter() - tables_at > TABLES_EVERY:   # the report is O(trials): not each trial
+                        report.write_tables(run.path, run.report())
+                        tables_at = time.perf_counter()
                     n_done = len(run.records)
                     failed = sum(r["status"] == "failed" for r in run.records.values())
                     line = (f"[{n_done:>{len(str(total))}}/{total}] {rec['status']:6s} {t.setting_key} seed {t.seed}"
@@ -197,6 +205,7 @@ def execute(run: SweepRun, folder: RunFolder, *, address: str | None, max_concur
                 except Exception:  # noqa: BLE001 - already finished
                     pass
             left = len(pending) + len(inflight)
+            report.write_tables(run.path, run.report())      # every finished trial is in the tables
             say(f"sweep interrupted: {len(run.records)} of {total} trials finished, {left} left; continue with "
                 f"`svilab sweep --resume {folder}`")
             raise
