@@ -85,14 +85,22 @@ def killed_and_resumed(tmp_path_factory):
         time.sleep(0.5)
     left = ray_processes()
     status = read_status(out)["status"]
+    import contextlib
+    import io
+
+    dry = io.StringIO()                       # a dry run of the resume lists only the unfinished trials
+    with contextlib.redirect_stdout(dry):
+        assert main(["sweep", "--resume", str(out), "--dry-run", "--json"]) == 0
+    planned = len(json.loads(dry.getvalue())["trials"])
     rc = main(["sweep", "--resume", str(out), "--json"])
-    return {"out": out, "spec": spec, "before": finished_before, "left": left, "status": status, "rc": rc}
+    return {"out": out, "spec": spec, "before": finished_before, "left": left, "status": status, "rc": rc,
+            "planned": planned}
 
 
 def test_a_killed_sweep_leaves_no_ray_and_resumes_only_its_unfinished_trials(killed_and_resumed, capsys):
     k = killed_and_resumed
     assert k["left"] == [] and k["status"] == "killed"
-    assert k["rc"] == 0
+    assert k["rc"] == 0 and k["planned"] == 12 - len(k["before"])
     for folder, before in k["before"].items():                 # finished trials untouched, byte for byte
         assert folder_bytes(folder) == before
     sj = json.loads((k["out"] / "sweep.json").read_text())

@@ -166,13 +166,16 @@ def main(args: argparse.Namespace) -> int:
             args.address = saved["address"]
         if args.max_concurrent is None:
             args.max_concurrent = saved.get("max_concurrent")
-        records = report.read_records(path, spec, trials) if not args.dry_run else {}
-        if args.retry_failed:
-            records = {k: r for k, r in records.items() if r.get("status") != "failed"}
-    else:
-        records = {}
+
+    def finished() -> dict:
+        """The trials already done (read once, after a resume has cleaned its partial folders)."""
+        if not args.resume:
+            return {}
+        records = report.read_records(path, spec, trials)
+        return {k: r for k, r in records.items() if r.get("status") != "failed"} if args.retry_failed else records
+
     if args.dry_run:
-        run = SweepRun(spec, trials, Path(args.resume or "."), records)
+        run = SweepRun(spec, trials, Path(args.resume or "."), finished())
         out = dry_run(run, args.max_concurrent, reporter.say)
         reporter.emit_json(out)
         return 0
@@ -182,10 +185,9 @@ def main(args: argparse.Namespace) -> int:
     if args.resume:
         folder = RunFolder("sweep", out=path, mode="resume")
         clean_partial(path)
-        records = report.read_records(path, spec, trials)
-        if args.retry_failed:
-            records = {k: r for k, r in records.items() if r.get("status") != "failed"}
+        records = finished()
     else:
+        records = {}
         folder = RunFolder("sweep", out=args.out, mode="overwrite" if args.overwrite else "new")
         spec_path = Path(args.spec).resolve()
         folder.write_config({"command": "sweep", "spec": spec.as_dict(), "spec_file": str(spec_path),
