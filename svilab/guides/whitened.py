@@ -93,19 +93,27 @@ class _Whitened(AutoContinuous):
     def _preconditioner(self, dtype: torch.dtype):
         raise NotImplementedError
 
-    def get_base_dist(self):
+    def _build(self) -> None:
+        """The learnable transforms and the fixed preconditioner, once (the model's dtype is read off the
+        prototype once, not on every step)."""
         dtype = self._init_loc().dtype
-        return dist.Normal(torch.zeros(self.latent_dim, dtype=dtype), torch.ones(self.latent_dim, dtype=dtype)
-                           ).to_event(1)
+        if self.pre_loc.numel() != self.latent_dim:
+            raise ValueError(f"the preconditioner has {self.pre_loc.numel()} coordinates, the model's "
+                             f"unconstrained space {self.latent_dim}")
+        self.transform = ComposeTransformModule(self._learned(self.latent_dim, dtype)).to(dtype)
+        self._fixed = self._preconditioner(dtype)
+        self._base = dist.Normal(torch.zeros(self.latent_dim, dtype=dtype),
+                                 torch.ones(self.latent_dim, dtype=dtype)).to_event(1)
+
+    def get_base_dist(self):
+        if self.transform is None:
+            self._build()
+        return self._base
 
     def get_transform(self, *args, **kwargs):
         if self.transform is None:
-            dtype = self._init_loc().dtype
-            if self.pre_loc.numel() != self.latent_dim:
-                raise ValueError(f"the preconditioner has {self.pre_loc.numel()} coordinates, the model's "
-                                 f"unconstrained space {self.latent_dim}")
-            self.transform = ComposeTransformModule(self._learned(self.latent_dim, dtype)).to(dtype)
-        return ComposeTransform([self.transform, self._preconditioner(self._init_loc().dtype)])
+            self._build()
+        return ComposeTransform([self.transform, self._fixed])
 
     def get_posterior(self, *args, **kwargs):
         return dist.TransformedDistribution(self.get_base_dist(), self.get_transform())
