@@ -96,8 +96,11 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     try:
         try:
             if address is None:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                         configure_logging=True)
+                # address "local": always a new instance of our own. With no address, ray.init connects to
+                # the cluster named in /tmp/ray/ray_current_cluster or $RAY_ADDRESS when there is one (another
+                # sweep's, a `ray start`), whose shutdown then kills this sweep's workers
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                         logging_level="ERROR", configure_logging=True)
             else:
                 check_address(address)
                 ray.init(address=address, log_to_driver=False, logging_level="ERROR")
