@@ -83,7 +83,9 @@ def sweep_json(spec: SweepSpec, trials: list[Trial], records: dict[str, dict]) -
             rows.append({"setting": t.setting, "seed": t.seed, "status": r["status"], "error": r.get("error"),
                          "folder": t.folder, "metrics": r.get("metrics") or {}, "units": r.get("units") or {},
                          "seconds": r.get("seconds"), "node": r.get("node")})
-    finished = [r for r in records.values()]
+    # in the trials' order, not the order they finished in: the statistics (floating-point sums) then do
+    # not depend on which worker was faster, and --report re-aggregates to the same numbers
+    finished = [records[t.key] for t in trials if t.key in records]
     settings = settings_of(spec)
     counts = {"trials": len(trials), "done": sum(r["status"] == "done" for r in finished),
               "failed": sum(r["status"] == "failed" for r in finished)}
