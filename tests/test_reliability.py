@@ -162,7 +162,7 @@ def test_resume_refuses_conflicting_options_and_keeps_absolute_data_root(tmp_pat
     assert Path(cfg["data_root"]).is_absolute()
     assert main(["vae", "train", "--resume", str(run), "--preset", "standard", "--loss", "gjs", "--seed", "7"]) == 2
     line = _one_line_error(capsys, "conflict", "--preset standard", "--loss gjs", "--seed 7")
-    assert "Only --epochs, --time-limit and --data-root may change" in line
+    assert "Only --epochs, --time-limit, --data-root and --device may change" in line
     assert main(["vae", "train", "--resume", str(tmp_path / "nothere")]) == 2
     _one_line_error(capsys, "no such run folder")
     assert not (tmp_path / "nothere").exists()

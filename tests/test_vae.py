@@ -308,8 +308,20 @@ def test_nan_loss_stops_training_with_message_and_keeps_checkpoint(tmp_path, mon
 
 # ----------------------------------------------------------------------------- CLI
 @pytest.mark.parametrize("argv, msg", [
-    (["--loss", "kl"], "unknown loss 'kl'; known: elbo, gjs, dgjs"),
+    (["--loss", "kl"], "unknown loss 'kl'; known: elbo, renyi, iwae, gjs, dgjs"),
     (["--loss", "gjs", "--alpha", "1.5"], "alpha must be in [0, 1]"),
+    (["--loss", "iwae", "--k", "0"], "--k must be >= 1"),
+    (["--loss", "renyi", "--k", "1"], "--k must be >= 2 for renyi"),
+    (["--loss", "elbo", "--k", "5"], "--k is the number of importance samples of iwae/renyi; elbo takes none"),
+    (["--loss", "iwae", "--particles", "3"], "iwae draws --k samples per image"),
+    (["--loss", "iwae", "--alpha", "learned"], "--alpha is the skew of gjs/dgjs or the order of renyi; iwae has"),
+    (["--loss", "renyi", "--alpha", "learned"], "--alpha learned trains the skew of gjs/dgjs; renyi has no skew"),
+    (["--loss", "renyi", "--alpha", "1"], "the Renyi order must be finite and not 1"),
+    (["--loss", "gjs", "--alpha", "learned:1"], "a learned alpha starts inside (0, 1)"),
+    (["--loss", "gjs", "--alpha", "learned0.3"], "write learned or learned:START"),
+    (["--loss", "gjs", "--alpha", "learnt"], "--alpha must be a number or learned[:START]"),
+    (["--loss", "gjs", "--dreg"], "--dreg is the doubly reparameterized gradient of iwae; gjs has none"),
+    (["--device", "gpu"], "--device must be one of cpu, cuda, cuda:N, mps, auto; got 'gpu'"),
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--epochs", "0"], "--epochs must be >= 1"),
 ])
@@ -319,6 +331,17 @@ def test_vae_train_bad_input(argv, msg, tmp_path, capsys):
                  "--out", str(tmp_path / "run"), *argv]) == 2
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_a_device_that_is_not_here_is_refused_before_any_folder(tmp_path, capsys):
+    write_idx(tmp_path / "data")
+    for cmd in (["train"], ["compare"]):
+        assert main(["vae", *cmd, "--data-root", str(tmp_path / "data"), "--validation", "5", "--device", "cuda:0",
+                     "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert "--device cuda:0: this machine has no CUDA device" in err and "Traceback" not in err
+        assert not (tmp_path / "run").exists()
 
 
 def test_vae_missing_data_and_bad_resume(tmp_path, capsys):
@@ -331,17 +354,23 @@ def test_vae_missing_data_and_bad_resume(tmp_path, capsys):
 def test_vae_compare_json_on_small_files(tmp_path, capsys):
     write_idx(tmp_path / "data", n_train=260, n_test=40)
     argv = ["vae", "compare", "--json", "--data-root", str(tmp_path / "data"), "--validation", "40",
-            "--epochs", "2", "--eval-k", "20", "--alphas", "0.3", "0.7", "--out", str(tmp_path / "cmp")]
+            "--epochs", "2", "--eval-k", "20", "--alphas", "0.3", "learned", "--k", "3",
+            "--out", str(tmp_path / "cmp")]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [(r["loss"], r["alpha"]) for r in out["runs"]] == [("elbo", None), ("gjs", 0.3), ("gjs", 0.7),
-                                                              ("dgjs", 0.3), ("dgjs", 0.7)]
+    assert [(r["loss"], r["alpha"], r["learn_alpha"], r["k"]) for r in out["runs"]] == [
+        ("elbo", None, False, None), ("iwae", None, False, 3), ("gjs", 0.3, False, None), ("gjs", 0.5, True, None),
+        ("dgjs", 0.3, False, None), ("dgjs", 0.5, True, None)]
+    learned = [r["alpha_final"] for r in out["runs"] if r["learn_alpha"]]
+    assert all(0 < a < 1 and a != 0.5 for a in learned)         # it moved, and stayed inside (0, 1)
+    assert all(r["alpha_final"] is None for r in out["runs"] if not r["learn_alpha"])
     for r in out["runs"]:
         assert {"loss", "alpha", "test_elbo", "test_log_likelihood", "reconstruction_error",
                 "seconds_per_epoch"} <= set(r)
         assert r["test_log_likelihood"] >= r["test_elbo"] - 4 * (r["test_elbo_se"] + r["test_log_likelihood_se"])
     for f in ("comparison.md", "curves.png", "reconstructions.png", "latents.png", "prior_samples.png",
-              "elbo/checkpoint.pt", "gjs-alpha0.3/results.json", "dgjs-alpha0.7/config.json"):
+              "elbo/checkpoint.pt", "gjs-alpha0.3/results.json", "iwae-k3/results.json",
+              "dgjs-alpha-learned0.5/config.json"):
         assert (tmp_path / "cmp" / f).exists(), f
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -137,7 +137,7 @@ def as_images(x: torch.Tensor, name: str = "images") -> torch.Tensor:
 
 def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Bernoulli(x) draws, same shape and dtype as ``x``."""
-    return (torch.rand(x.shape, generator=generator, dtype=x.dtype) < x).to(x.dtype)
+    return (torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) < x).to(x.dtype)
 
 
 @dataclass
@@ -156,6 +156,14 @@ class MNISTData:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train_x), "validation": len(self.val_x), "test": len(self.test_x)}
+
+    def to(self, device) -> MNISTData:
+        """The images on ``device`` (the labels stay on the CPU, for the figures); ``self`` if they are there."""
+        device = torch.device(device)
+        if self.train_x.device == device:
+            return self
+        return replace(self, train_x=self.train_x.to(device), val_x=self.val_x.to(device),
+                       test_x=self.test_x.to(device))
 
 
 def load_mnist(root: str | Path | None = None, *, binary: bool = False, validation: int = 10_000,

@@ -16,19 +16,35 @@ from svilab.inference import vae_eval
 
 
 def label(run: dict) -> str:
-    """``gjs (alpha=0.5)``, or the loss alone."""
+    """The run's label (``gjs (alpha learned from 0.5)``, ``iwae (k=5)``), or ``gjs (alpha=0.5)`` from its
+    loss and alpha."""
+    if run.get("label"):
+        return run["label"]
     return run["loss"] if run.get("alpha") is None else f"{run['loss']} (alpha={run['alpha']:g})"
 
 
+#: the history column of a learned skew
+ALPHA_COLUMN = "gjs_alpha"
+
+
 def figure_curves(runs: list[dict]):
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    """The training objective and the validation ELBO per epoch, and a third panel with the learned skew's
+    trajectory when a run learns it."""
+    learned = [r for r in runs if ALPHA_COLUMN in pd.DataFrame(r["history"])]
+    fig, axes = plt.subplots(1, 3 if learned else 2, figsize=(18 if learned else 12, 4.2))
     for run in runs:
         h = pd.DataFrame(run["history"])
         line, = axes[0].plot(h["epoch"], h["train_loss"], label=f"{label(run)} train")
         axes[0].plot(h["epoch"], h["val_loss"], ls="--", color=line.get_color(), label=f"{label(run)} validation")
         axes[1].plot(h["epoch"], h["val_elbo"], color=line.get_color(), label=label(run))
+        if ALPHA_COLUMN in h:
+            axes[2].plot(h["epoch"], h[ALPHA_COLUMN], color=line.get_color(), marker=".", label=label(run))
     axes[0].set_title("Training objective per image (each run's own loss)")
     axes[1].set_title("Validation ELBO per image (the same yardstick for all)")
+    if learned:
+        axes[2].set_title("Learned skew alpha at the end of each epoch")
+        axes[2].set_ylabel("alpha")
+        axes[2].set_ylim(0, 1)
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
@@ -41,7 +57,8 @@ def figure_curves(runs: list[dict]):
 def _grid(images: torch.Tensor, nrow: int) -> np.ndarray:
     from torchvision.utils import make_grid
 
-    return make_grid(images.reshape(-1, 1, 28, 28).clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)[0].numpy()
+    images = images.detach().cpu().reshape(-1, 1, 28, 28).clamp(0, 1)
+    return make_grid(images, nrow=nrow, padding=1, pad_value=1.0)[0].numpy()
 
 
 @torch.no_grad()
@@ -67,7 +84,7 @@ def figure_latents(runs: list[dict], x: torch.Tensor, y: torch.Tensor, n: int = 
     cols = 2 if k > 2 else 1
     fig, axes = plt.subplots(len(runs), cols, figsize=(5.2 * cols, 4.4 * len(runs)), squeeze=False)
     for row, run in zip(axes, runs, strict=True):
-        m = vae_eval.latent_means(run["model"], x[:n])
+        m = vae_eval.latent_means(run["model"], x[:n]).cpu()
         views = [(m[:, :2], "z1", "z2", "first two latent dimensions")]
         if k > 2:
             centred = m - m.mean(0)
@@ -89,6 +106,7 @@ def figure_samples(runs: list[dict], n: int = 32, seed: int = 0):
     for ax, run in zip(axes[:, 0], runs, strict=True):
         vae = run["model"]
         z = torch.randn(n, vae.config.latent_dim, generator=torch.Generator().manual_seed(seed))
+        z = z.to(next(vae.parameters()).device)
         ax.imshow(_grid(vae.mean_image(vae.decode(z)), n // 2 if n > 16 else n), cmap="gray_r")
         ax.set_title(f"samples from the prior (decoder mean): {label(run)}", fontsize=9, loc="left")
         ax.axis("off")

@@ -55,8 +55,11 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 
-def check_alpha(alpha: float) -> float:
-    """``alpha`` as a float in [0, 1], else a ValueError."""
+def check_alpha(alpha: float | torch.Tensor) -> float | torch.Tensor:
+    """``alpha`` as a float in [0, 1], else a ValueError. A tensor (a learned skew, kept in (0, 1) by
+    its parameter's constraint) passes unchecked, so that the gradient reaches it and nothing syncs."""
+    if isinstance(alpha, torch.Tensor) and alpha.dim() == 0 and alpha.is_floating_point():
+        return alpha
     try:
         a = float(alpha)
     except (TypeError, ValueError) as exc:
@@ -112,7 +115,7 @@ def geometric_js_mc(q, p, alpha: float = 0.5, dual: bool = False, num_samples: i
     lq_q, lp_q = q.log_prob(zq), p.log_prob(zq)
     lq_p, lp_p = q.log_prob(zp), p.log_prob(zp)
     log_n = math.log(shape[0])
-    if alpha <= 0.5:     # Z = E_p[(q/p)^alpha]; E_G[f] = E_p[(q/p)^alpha f] / Z
+    if float(alpha) <= 0.5:     # Z = E_p[(q/p)^alpha]; E_G[f] = E_p[(q/p)^alpha f] / Z
         log_w, f = alpha * (lq_p - lp_p), lq_p - lp_p
     else:                # Z = E_q[(p/q)^(1-alpha)]
         log_w, f = (1 - alpha) * (lp_q - lq_q), lq_q - lp_q

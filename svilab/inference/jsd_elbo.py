@@ -25,11 +25,37 @@ under ``AutoNormal`` included), and by Monte Carlo with ``mc_samples`` draws of 
 (``AutoMultivariateNormal``, ``AutoDiagonalNormal``, a flow: one auxiliary vector for all sites) is
 a ValueError that says so, as is an auxiliary site with no model site to pair it with.
 Plain ``pyro.infer.SVI`` accepts it; :class:`JitGeometricJSD_ELBO` compiles it with Pyro's JIT.
+
+**Learned skew** (``learn_alpha=True``; the paper's tGJS and, with ``dual``, tdGJS): alpha is the Pyro
+parameter ``alpha_name`` (default ``"gjs_alpha"``), created at the start value ``alpha`` with the
+constraint ``unit_interval`` (so it stays in (0, 1)), and trained with the networks by whatever
+optimises the model's and guide's parameters (``pyro.infer.SVI`` collects it like any ``pyro.param``;
+:func:`svilab.train_vae` adds it to its optimizer and records it per epoch). The objective as a function
+of (alpha, q) is the same as with a fixed alpha: in the official code (``jacobdeasy/geometric-js``,
+``vae/models/losses.py``, ``GeometricJSLossTrainableAlpha`` with ``invert_alpha=True``) the loss per
+batch is ``rec_loss + beta * gjs`` with, for :math:`q = \mathcal N(\mu, \mathrm{diag}\,\sigma^2)` and
+:math:`p = \mathcal N(0, I)`,
+
+.. math::
+
+    \sigma_\alpha^2 = \big(\alpha/\sigma^2 + (1-\alpha)\big)^{-1},\quad
+    \mu_\alpha = \sigma_\alpha^2\,\alpha\,\mu/\sigma^2,\quad
+    \mathrm{gjs} = (1-\alpha)\,\mathrm{KL}(q\|G) + \alpha\,\mathrm{KL}(p\|G)
+    \;(\text{dual: } (1-\alpha)\,\mathrm{KL}(G\|q) + \alpha\,\mathrm{KL}(G\|p)),
+
+summed over the latent dimensions and averaged over the batch, which is this module's divergence per
+image (``tests/test_gjs.py`` checks value and gradient against that formula to 1e-12). The one
+difference is the parameterisation: the official code trains alpha itself with its own Adam at the
+networks' learning rate and clamps it to [0, 1] after each step; here Adam steps on
+:math:`\mathrm{logit}(\alpha)` (Pyro's constraint), so alpha never sits on a boundary, where one of the
+two KL terms would vanish with its gradient.
 """
 
 from __future__ import annotations
 
+import pyro
 import torch
+from pyro.distributions import constraints
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.util import torch_item
@@ -48,6 +74,9 @@ class GeometricJSD_ELBO(TraceMeanField_ELBO):
     :param dual: use the dual form GJS*.
     :param beta: weight of the divergence term.
     :param mc_samples: draws of each side for a site without a closed form (>= 2).
+    :param learn_alpha: train alpha, from the start value ``alpha`` (module docstring); the start must
+        be inside (0, 1).
+    :param alpha_name: the name of the Pyro parameter that holds a learned alpha.
     :param kwargs: passed to :class:`pyro.infer.ELBO` (``num_particles``, ``vectorize_particles``, ...).
 
     >>> import pyro, pyro.distributions as dist, torch, svilab
@@ -67,19 +96,33 @@ class GeometricJSD_ELBO(TraceMeanField_ELBO):
     """
 
     def __init__(self, alpha: float = 0.5, dual: bool = False, beta: float = 1.0, mc_samples: int = 64,
-                 **kwargs) -> None:
+                 learn_alpha: bool = False, alpha_name: str = "gjs_alpha", **kwargs) -> None:
         self.mc_samples = int(mc_samples)
         if self.mc_samples < 2:
             raise ValueError(f"mc_samples must be >= 2, got {mc_samples}")
         self.alpha = check_alpha(alpha)
+        self.learn_alpha = bool(learn_alpha)
+        self.alpha_name = str(alpha_name)
+        if self.learn_alpha and not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"a learned alpha starts inside (0, 1), got {alpha}")
         self.dual = bool(dual)
         self.beta = finite(beta, "beta")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
         super().__init__(**kwargs)
 
+    def skew(self, like: torch.Tensor | None = None) -> float | torch.Tensor:
+        """The skew: the fixed ``alpha``, or the learned parameter (created at its start value, with the
+        dtype and device of ``like``, on first use)."""
+        if not self.learn_alpha:
+            return self.alpha
+        like = torch.zeros(()) if like is None else like
+        return pyro.param(self.alpha_name, lambda: torch.tensor(self.alpha, dtype=like.dtype, device=like.device),
+                          constraint=constraints.unit_interval)
+
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         objective = 0.0
+        alpha = None
         paired: set[str] = set()
         for name, model_site in model_trace.nodes.items():
             if model_site["type"] != "sample":
@@ -89,8 +132,10 @@ class GeometricJSD_ELBO(TraceMeanField_ELBO):
                 continue
             q, p, used = _site_pair(name, model_site, guide_trace)
             paired.update(used)
+            if alpha is None:
+                alpha = self.skew(model_site["value"] if model_site["value"].is_floating_point() else None)
             try:
-                div = geometric_js(q, p, self.alpha, self.dual, num_samples=self.mc_samples)
+                div = geometric_js(q, p, alpha, self.dual, num_samples=self.mc_samples)
             except ValueError as exc:
                 raise ValueError(f"latent site {name!r}: {exc}") from None
             div = scale_and_mask(div, scale=guide_trace.nodes[name]["scale"], mask=guide_trace.nodes[name]["mask"])

@@ -8,9 +8,13 @@ name               objective (minimised as a loss)
                    form wherever torch knows it (Monte Carlo for the other sites)
 ``renyi``          :class:`pyro.infer.RenyiELBO`: :math:`-\frac{1}{1-\alpha}\log \mathbb E_q
                    [(p(x,z)/q(z))^{1-\alpha}]` with ``alpha`` (``alpha=0`` is the IWAE bound with
-                   ``num_particles`` samples); needs ``num_particles >= 2``
+                   ``num_particles`` samples), per item of the plates every site shares (the
+                   images of a VAE); needs ``num_particles >= 2``
+``iwae``           :class:`svilab.inference.iwae_elbo.IWAE_ELBO`: the importance-weighted bound
+                   with k = ``num_particles`` draws per item, vectorized; ``dreg=True`` for the
+                   doubly reparameterized gradient (MNIST VAE)
 ``gjs``/``dgjs``   the skew geometric Jensen-Shannon objectives (MNIST VAE,
-                   :mod:`svilab.inference.jsd_elbo`), with ``alpha``
+                   :mod:`svilab.inference.jsd_elbo`), with ``alpha``, fixed or learned
 =================  ===============================================================================
 
 Every loss is one :class:`LossSpec` in :data:`LOSS_SPECS`. ``objective`` names what is optimised:
@@ -40,12 +44,15 @@ from svilab.validation import choice, positive_int
 class LossSpec:
     """One objective: adding a loss is adding one of these to :data:`LOSS_SPECS`.
 
-    :ivar build: ``build(kw, jit, alpha, beta) -> ELBO`` with ``kw`` Pyro's ELBO options.
+    :ivar build: ``build(kw, jit, alpha, beta, **options) -> ELBO`` with ``kw`` Pyro's ELBO options and
+        ``options`` the loss's own (``dreg``, ``learn_alpha``).
     :ivar objective: what is optimised (``elbo``, ``renyi``, ``gjs``, ``dgjs``).
     :ivar jit: it has a JIT-compiled variant.
     :ivar alpha: what ``alpha`` means for it (None: it takes none).
     :ivar commands: the commands that offer it (``posterior``, ``vae``).
     :ivar default_for: the commands where it is the estimator chosen for its ``objective``.
+    :ivar samples: its ``num_particles`` are the k draws of an importance-weighted bound (``--k``).
+    :ivar options: the options of its own that it takes (``dreg``, ``learn_alpha``).
     """
 
     name: str
@@ -57,6 +64,8 @@ class LossSpec:
     commands: tuple[str, ...] = ("posterior",)
     default_for: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
+    samples: bool = False
+    options: tuple[str, ...] = ()
 
 
 def _trace_elbo(kw, jit, alpha, beta):
@@ -80,12 +89,19 @@ def _renyi(kw, jit, alpha, beta):
     return infer.RenyiELBO(alpha=a, **kw)
 
 
+def _iwae(kw, jit, alpha, beta, dreg=False):
+    from svilab.inference.iwae_elbo import IWAE_ELBO
+
+    kw = {k: v for k, v in kw.items() if k != "vectorize_particles"}     # always vectorized
+    return IWAE_ELBO(dreg=dreg, **kw)
+
+
 def _gjs(dual: bool):
-    def build(kw, jit, alpha, beta):
+    def build(kw, jit, alpha, beta, learn_alpha=False):
         from svilab.inference.jsd_elbo import GeometricJSD_ELBO, JitGeometricJSD_ELBO
 
         cls = JitGeometricJSD_ELBO if jit else GeometricJSD_ELBO
-        return cls(alpha=0.5 if alpha is None else alpha, dual=dual, beta=beta, **kw)
+        return cls(alpha=0.5 if alpha is None else alpha, dual=dual, beta=beta, learn_alpha=learn_alpha, **kw)
     return build
 
 
@@ -95,11 +111,13 @@ LOSS_SPECS: dict[str, LossSpec] = {s.name: s for s in (
     LossSpec("meanfield_elbo", "TraceMeanField_ELBO", _meanfield_elbo, "elbo", commands=("posterior", "vae"),
              default_for=("vae",), aliases=("tracemeanfield_elbo",)),
     LossSpec("renyi", "RenyiELBO(alpha)", _renyi, "renyi", jit=False, alpha="the Renyi order",
-             aliases=("renyi_elbo",)),
-    LossSpec("gjs", "skew geometric Jensen-Shannon ELBO (alpha)", _gjs(False), "gjs", alpha="the skew",
-             commands=("vae",), default_for=("vae",)),
-    LossSpec("dgjs", "dual skew geometric Jensen-Shannon ELBO (alpha)", _gjs(True), "dgjs", alpha="the skew",
-             commands=("vae",), default_for=("vae",)),
+             commands=("posterior", "vae"), default_for=("vae",), aliases=("renyi_elbo",), samples=True),
+    LossSpec("iwae", "importance-weighted bound (k draws; DReG gradient optional)", _iwae, "iwae", jit=False,
+             commands=("vae",), default_for=("vae",), aliases=("iwae_elbo",), samples=True, options=("dreg",)),
+    LossSpec("gjs", "skew geometric Jensen-Shannon ELBO (alpha, fixed or learned)", _gjs(False), "gjs",
+             alpha="the skew", commands=("vae",), default_for=("vae",), options=("learn_alpha",)),
+    LossSpec("dgjs", "dual skew geometric Jensen-Shannon ELBO (alpha, fixed or learned)", _gjs(True), "dgjs",
+             alpha="the skew", commands=("vae",), default_for=("vae",), options=("learn_alpha",)),
 )}
 #: name -> description
 LOSSES: dict[str, str] = {n: s.description for n, s in LOSS_SPECS.items()}
@@ -153,7 +171,7 @@ def command_loss(name: str, command: str) -> LossSpec:
 
 def make_loss(name: str = "trace_elbo", *, num_particles: int = 1, vectorize_particles: bool = True,
               max_plate_nesting: int | None = None, jit: bool = False, alpha: float | None = None,
-              beta: float = 1.0) -> infer.ELBO:
+              beta: float = 1.0, dreg: bool = False, learn_alpha: bool = False) -> infer.ELBO:
     """Build the Pyro loss called ``name``.
 
     :param num_particles: Monte Carlo samples per step (vectorized when ``vectorize_particles``).
@@ -163,13 +181,21 @@ def make_loss(name: str = "trace_elbo", *, num_particles: int = 1, vectorize_par
     :param alpha: the Renyi order (default 0, the IWAE bound, as Pyro's ``RenyiELBO``) or the GJS skew
         (default 0.5).
     :param beta: weight of the divergence term (GJS objectives only).
-    :raises ValueError: unknown name, ``num_particles < 1`` (< 2 for ``renyi``), alpha out of range.
+    :param dreg: the doubly reparameterized gradient (``iwae`` only).
+    :param learn_alpha: train the skew from the start value ``alpha`` (``gjs``/``dgjs`` only).
+    :raises ValueError: unknown name, ``num_particles < 1`` (< 2 for ``renyi``), alpha out of range, an
+        option the loss does not take.
     """
     spec = loss_spec(name)
     kw = {"num_particles": positive_int(num_particles, "num_particles"), "vectorize_particles": vectorize_particles}
     if max_plate_nesting is not None:
         kw["max_plate_nesting"] = max_plate_nesting
-    return spec.build(kw, jit and spec.jit, alpha, beta)
+    options = {k: v for k, v in (("dreg", dreg), ("learn_alpha", learn_alpha)) if v}
+    for key in options:
+        if key not in spec.options:
+            raise ValueError(f"loss {spec.name!r} takes no {key} (it is an option of "
+                             f"{', '.join(s.name for s in LOSS_SPECS.values() if key in s.options)})")
+    return spec.build(kw, jit and spec.jit, alpha, beta, **options)
 
 
 __all__ = ["LOSSES", "LOSS_SPECS", "LossSpec", "command_loss", "command_losses", "loss_name", "loss_spec", "make_loss"]

@@ -40,6 +40,11 @@ from svilab.models.vae import VAE
 from svilab.validation import positive_int
 
 
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    """The accumulation dtype: float64, except on Apple's MPS, which has none."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _batches(x: torch.Tensor, batch: int):
     for i in range(0, len(x), batch):
         yield x[i:i + batch]
@@ -81,12 +86,13 @@ def _pair_terms(model, guide, x: torch.Tensor, n: int, nest: int) -> tuple[torch
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
     frame = _plate_frame(model_trace, len(x))
-    log_w = torch.zeros(n, len(x), dtype=torch.float64)
-    mean_field = torch.zeros(n, len(x), dtype=torch.float64)
+    acc = _acc_dtype(x.device)
+    log_w = torch.zeros(n, len(x), dtype=acc, device=x.device)
+    mean_field = torch.zeros(n, len(x), dtype=acc, device=x.device)
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
-        lp = _per_item(site["log_prob"], site, frame, nest, n, len(x)).double()
+        lp = _per_item(site["log_prob"], site, frame, nest, n, len(x)).to(acc)
         log_w = log_w + lp
         if site["is_observed"]:
             mean_field = mean_field + lp
@@ -94,16 +100,16 @@ def _pair_terms(model, guide, x: torch.Tensor, n: int, nest: int) -> tuple[torch
         g = guide_trace.nodes.get(name)
         if g is None:
             raise ValueError(f"latent site {name!r} of the model is not in the guide")
-        lq = _per_item(g["log_prob"], g, frame, nest, n, len(x)).double()
+        lq = _per_item(g["log_prob"], g, frame, nest, n, len(x)).to(acc)
         log_w = log_w - lq
         try:
-            kl = _per_item(kl_divergence(g["fn"], site["fn"]), g, frame, nest, n, len(x)).double()
+            kl = _per_item(kl_divergence(g["fn"], site["fn"]), g, frame, nest, n, len(x)).to(acc)
             mean_field = mean_field - kl
         except NotImplementedError:
             mean_field = mean_field + lp - lq
     for name, g in guide_trace.nodes.items():      # auxiliary guide sites: their density is part of q
         if g["type"] == "sample" and not site_is_subsample(g) and name not in model_trace.nodes:
-            lq = _per_item(g["log_prob"], g, frame, nest, n, len(x)).double()
+            lq = _per_item(g["log_prob"], g, frame, nest, n, len(x)).to(acc)
             log_w, mean_field = log_w - lq, mean_field - lq
     return log_w, mean_field
 
@@ -148,7 +154,7 @@ def elbo(model, guide, x: torch.Tensor | None = None, samples: int = 1, batch: i
         log_lik = vae.likelihood(vae.decode(z)).log_prob(xb).mean(0)  # (B,)
         kl = kl_divergence(q, vae.prior(len(xb), xb.dtype))         # (B,), closed form
         values.append(log_lik - kl)
-    v = torch.cat(values).double()
+    v = torch.cat(values).to(_acc_dtype(x.device))
     return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
@@ -162,25 +168,27 @@ def iwae_log_likelihood(model, guide, x: torch.Tensor | None = None, k: int = 50
     k = positive_int(k, "k")
     chunk = positive_int(chunk, "chunk")
     values = []
+    dtype = _acc_dtype(x.device)
     nest = None if fast else _nesting(model, guide, x[:1])
     for xb in _batches(x, batch):
         if not fast:
-            acc = torch.full((len(xb),), -math.inf, dtype=torch.float64)
+            total = torch.full((len(xb),), -math.inf, dtype=dtype, device=x.device)
             for start in range(0, k, chunk):
                 log_w = _pair_terms(model, guide, xb, min(chunk, k - start), nest)[0]
-                acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
-            values.append(acc - math.log(k))
+                total = torch.logaddexp(total, torch.logsumexp(log_w, 0))
+            values.append(total - math.log(k))
             continue
         vae = model
         q = vae.posterior(xb)
-        acc = torch.full((len(xb),), -math.inf, dtype=torch.float64)   # running logsumexp: memory bounded in k
+        # a running logsumexp: memory bounded in k
+        total = torch.full((len(xb),), -math.inf, dtype=dtype, device=x.device)
         for start in range(0, k, chunk):
             n = min(chunk, k - start)
             z = q.sample((n,))                                      # (n, B, K)
             log_lik, log_prior = vae.log_joint_terms(xb, z)
-            acc = torch.logaddexp(acc, torch.logsumexp(log_lik + log_prior - q.log_prob(z), 0).double())
-        values.append(acc - math.log(k))
-    v = torch.cat(values).double()
+            total = torch.logaddexp(total, torch.logsumexp(log_lik + log_prior - q.log_prob(z), 0).to(dtype))
+        values.append(total - math.log(k))
+    v = torch.cat(values).to(dtype)
     return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
+from pyro import poutine
 from tqdm.auto import tqdm
 
 from svilab.data.mnist import MNISTData, binarize
@@ -47,18 +48,43 @@ class TrainStep:
         if self.compile:
             compile_quietly(self.loss_fn, self.model, self.guide, x)
             self.compile = False
-        loss = self.loss_fn.differentiable_loss(self.model, self.guide, x)
-        loss.backward()
+        if hasattr(self.loss_fn, "differentiable_loss"):
+            loss = self.loss_fn.differentiable_loss(self.model, self.guide, x)
+            loss.backward()
+        else:                      # e.g. pyro.infer.RenyiELBO: its loss_and_grads computes the gradient
+            loss = torch.as_tensor(self.loss_fn.loss_and_grads(self.model, self.guide, x),
+                                   device=self.optim.found_inf.device)
         self.optim.step(loss)
 
 
-def epoch_batches(n: int, batch: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Generator]:
+def epoch_batches(n: int, batch: int, seed: int, epoch: int,
+                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Generator]:
     """The epoch's batches of indices, ``(n // batch, batch)`` (the last partial batch is dropped:
-    JIT graphs are shape-specialised), and the generator that binarizes them."""
+    JIT graphs are shape-specialised), and the generator that binarizes them, on ``device`` (on the
+    CPU the permutation's own generator; elsewhere one seeded from the same numbers)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(n, generator=g)
     full = (n // batch) * batch
+    if torch.device(device).type != "cpu":
+        g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
     return perm[:full].view(-1, batch), g
+
+
+def loss_parameters(module, loss_fn, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The Pyro parameters that ``loss_fn`` on ``(module.model, module.guide, x)`` uses besides the
+    module's own weights (a learned GJS skew, a guide's ``pyro.param``), by name in sorted order, as the
+    unconstrained tensors the optimizer steps. Found by one trace of ``loss_fn.loss`` (no gradient,
+    every random number generator put back)."""
+    state = pyro.util.get_rng_state()
+    try:
+        with torch.no_grad(), poutine.trace(param_only=True) as capture:
+            loss_fn.loss(module.model, module.guide, x)
+    finally:
+        pyro.util.set_rng_state(state)
+    unconstrained = dict(pyro.get_param_store().named_parameters())
+    own = {id(p) for p in module.parameters()}
+    names = sorted(n for n, site in capture.trace.nodes.items() if site["type"] == "param")
+    return {n: unconstrained[n] for n in names if n in unconstrained and id(unconstrained[n]) not in own}
 
 
 @torch.no_grad()
@@ -81,7 +107,8 @@ class TrainingResult:
 
     :ivar vae: the trained network.
     :ivar history: one row per finished epoch (resumed runs included): ``epoch`` (1-based),
-        ``train_loss`` and ``val_loss`` (the objective per image), ``val_elbo``, ``seconds``.
+        ``train_loss`` and ``val_loss`` (the objective per image), ``val_elbo``, ``seconds``, and the
+        value of every scalar parameter of the loss (a learned skew: ``gjs_alpha``).
     :ivar stopped_by_time: the time limit ended the run before ``epochs``.
     """
 
@@ -116,15 +143,19 @@ def train_vae(vae, data, loss_fn, eval_loss_fn=None, *, epochs: int, seed: int, 
 
     :param vae: svilab's :class:`~svilab.models.vae.VAE` or any ``torch.nn.Module`` with Pyro
         ``model(x)`` and ``guide(x)`` methods whose networks are its submodules (all of its
-        parameters are trained; the images must sit in a ``pyro.plate``).
+        parameters are trained, and so is every other ``pyro.param`` the loss, model or guide uses,
+        such as a learned skew: :func:`loss_parameters`; the images must sit in a ``pyro.plate``).
+        Training runs on the module's device; the data are moved there.
     :param data: an :class:`~svilab.data.mnist.MNISTData` (binarized afresh each epoch when
         ``data.binary``) or a pair ``(train_x, val_x)`` of ``(N, D)`` tensors.
     :param loss_fn: the training ELBO (a Pyro ELBO object; JIT when ``jit``).
     :param eval_loss_fn: the same objective, eager, for the validation loss (default ``loss_fn``).
-    :param resume: a state from ``on_epoch`` (``model``, ``optim``, ``rng``, ``history``, ``epoch``).
+    :param resume: a state from ``on_epoch`` (``model``, ``optim``, ``rng``, ``history``, ``epoch``,
+        ``params``), possibly saved on another device.
     :param time_limit_s: stop after the epoch during which this much training time has passed.
     :param on_epoch: called after every epoch with ``{"epoch" (0-based), "model", "optim", "rng",
-        "history"}``, everything a bit-identical resume needs.
+        "history", "params"}``, everything a bit-identical resume on the same device needs (``rng``
+        holds the CUDA generator too when training on CUDA).
     :param say: one line per epoch (None: silent).
     :raises DivergenceError: a NaN/inf loss or gradient (``on_epoch`` was last called for the epoch before).
     :raises ValueError: fewer training images than one batch.
@@ -136,23 +167,38 @@ def train_vae(vae, data, loss_fn, eval_loss_fn=None, *, epochs: int, seed: int, 
                         f"{type(vae).__name__}")
     if len(data.train_x) < batch_size:
         raise ValueError(f"only {len(data.train_x)} training images for batch size {batch_size}")
+    device = next(vae.parameters()).device
+    data = data.to(device) if isinstance(data, MNISTData) else data
     steps_per_epoch = len(data.train_x) // batch_size
-    optim = GuardedAdam(vae.parameters(), lr=lr, steps=steps_per_epoch)
     history: list[dict] = []
     start = 0
     if resume is not None:
         vae.load_state_dict(resume["model"])
+    extra = loss_parameters(vae, eval_loss_fn, data.train_x[:2])
+    if resume is not None:
+        saved = resume.get("params", {})
+        if sorted(saved) != sorted(extra):
+            raise ValueError(f"the checkpoint holds the loss parameters {sorted(saved) or 'none'}, this loss has "
+                             f"{sorted(extra) or 'none'} (a learned alpha cannot be resumed as a fixed one, or back)")
+        with torch.no_grad():
+            for name, value in extra.items():
+                value.copy_(saved[name])
+    optim = GuardedAdam([*vae.parameters(), *extra.values()], lr=lr, steps=steps_per_epoch)
+    if resume is not None:
         optim.load_state_dict(resume["optim"])
         pyro.util.set_rng_state(resume["rng"])
+        if device.type == "cuda" and resume.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(resume["cuda_rng"].cpu(), device)
         history = resume["history"]
         start = resume["epoch"] + 1
+    scalars = [n for n, p in extra.items() if p.numel() == 1]
     step = TrainStep(vae, optim, loss_fn, jit=jit)
     if progress is None:
         progress = sys.stderr.isatty()
     t_start = time.perf_counter() - sum(h["seconds"] for h in history)
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
-        idx, g = epoch_batches(len(data.train_x), batch_size, seed, epoch)
+        idx, g = epoch_batches(len(data.train_x), batch_size, seed, epoch, device)
         first = optim.t
         bar = tqdm(idx, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
         for steps, b in enumerate(bar, start=1):
@@ -176,14 +222,17 @@ def train_vae(vae, data, loss_fn, eval_loss_fn=None, *, epochs: int, seed: int, 
                        else vae_eval.elbo(vae.model, vae.guide, data.val_x))
         row = {"epoch": epoch + 1, "train_loss": total / (len(idx) * batch_size),
                "val_loss": objective_per_image(eval_loss_fn, vae, data.val_x), "val_elbo": val_elbo,
-               "seconds": seconds}
+               "seconds": seconds, **{n: float(pyro.param(n).detach()) for n in scalars}}
         history.append(row)
         if on_epoch is not None:
             on_epoch({"epoch": epoch, "model": vae.state_dict(), "optim": optim.state_dict(),
-                      "rng": pyro.util.get_rng_state(), "history": history})
+                      "rng": pyro.util.get_rng_state(), "history": history,
+                      "params": {n: p.detach().clone() for n, p in extra.items()},
+                      "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
         if say is not None:
+            shown = "".join(f", {n} {row[n]:.4f}" for n in scalars)
             say(f"epoch {epoch + 1:3d}/{epochs}: train {label} loss {row['train_loss']:.3f}, "
-                f"validation loss {row['val_loss']:.3f}, validation ELBO {val_elbo:.3f} ({seconds:.1f} s)")
+                f"validation loss {row['val_loss']:.3f}, validation ELBO {val_elbo:.3f}{shown} ({seconds:.1f} s)")
         if time_limit_s is not None and time.perf_counter() - t_start > time_limit_s:
             if say is not None:
                 say(f"time limit of {time_limit_s / 60:g} min reached after epoch {epoch + 1}")
@@ -191,4 +240,5 @@ def train_vae(vae, data, loss_fn, eval_loss_fn=None, *, epochs: int, seed: int, 
     return TrainingResult(vae, history)
 
 
-__all__ = ["TrainStep", "TrainingResult", "epoch_batches", "objective_per_image", "save_checkpoint", "train_vae"]
+__all__ = ["TrainStep", "TrainingResult", "epoch_batches", "loss_parameters", "objective_per_image", "save_checkpoint",
+           "train_vae"]

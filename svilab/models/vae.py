@@ -147,11 +147,13 @@ class VAE(PyroModule):
             return dist.Bernoulli(logits=out, validate_args=False).to_event(1)
         return dist.Normal(out, self.config.sigma).to_event(1)
 
-    def prior(self, batch: int, dtype=torch.float32) -> dist.Distribution:
-        r""":math:`p(z) = \mathcal N(0, I_K)` for ``batch`` images (event shape ``(K,)``): the one
-        definition of the prior, used by the model and by the evaluation."""
+    def prior(self, batch: int, dtype=torch.float32, device=None) -> dist.Distribution:
+        r""":math:`p(z) = \mathcal N(0, I_K)` for ``batch`` images (event shape ``(K,)``), on ``device``
+        (None: the networks'): the one definition of the prior, used by the model and by the evaluation."""
         k = self.config.latent_dim
-        return dist.Normal(torch.zeros(batch, k, dtype=dtype), torch.ones(batch, k, dtype=dtype)).to_event(1)
+        device = self.decoder[0].weight.device if device is None else device
+        zeros = torch.zeros(batch, k, dtype=dtype, device=device)
+        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
         r"""The encoder's :math:`q(z \mid x) = \mathcal N(\mathrm{loc}(x), \mathrm{diag\,scale}(x)^2)`
