@@ -49,8 +49,12 @@ def trial_seconds(command: str, trial) -> float:
         test = 10_000 if cfg.limit is None else max(cfg.limit // 5, 1)
         iwae_images = min(cfg.eval_limit or test, test)
         preset = cfg.preset if cfg.preset in EPOCH_S else "standard"
-        return (5.0 + cfg.epochs * EPOCH_S[preset] * images / 50_000 * cfg.particles
-                + cfg.eval_k * iwae_images * IWAE_US[preset] / 1e6)
+        draws = cfg.particles if cfg.k is None else cfg.k
+        epoch = EPOCH_S[preset] * images / 50_000 * (1 + 2 * (draws - 1)) ** 0.5   # the encoder runs once
+        training = cfg.epochs * epoch
+        if cfg.time_limit_minutes is not None:     # stops after the epoch in which the limit passes
+            training = min(training, 60 * cfg.time_limit_minutes + epoch)
+        return 5.0 + training + cfg.eval_k * iwae_images * IWAE_US[preset] / 1e6
     from svilab.experiments import gradients
 
     cfg = gradients.config_from_args(args, command)

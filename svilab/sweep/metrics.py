@@ -12,7 +12,7 @@ posterior     ``kl`` (Poisson-Gamma: log p(x) - ELBO), ``elbo`` (a user's model)
               (worst |mean error| in exact/reference sds), ``pareto_k``, ``seconds``, ``warnings``
               (how many); NUTS: ``max_r_hat``, ``divergences``
 vae train     ``test_elbo``, ``test_log_likelihood``, ``reconstruction_error``, ``active_units``,
-              ``seconds_per_epoch``
+              ``seconds_per_epoch``, ``epochs``, ``alpha_final`` (a learned skew's last value)
 gradients     ``variance[p]`` and ``bias[p]`` (estimate's mean minus the exact gradient) per
               parameter p, ``seconds`` per estimate
 elbo          ``variance``, ``bias`` (mean minus the exact ELBO)
@@ -35,7 +35,7 @@ KNOWN = {
     "posterior": ("kl", "elbo", "max_abs_mean_error_sd", "pareto_k", "seconds", "warnings", "max_r_hat",
                   "divergences"),
     "vae train": ("test_elbo", "test_log_likelihood", "reconstruction_error", "active_units", "seconds_per_epoch",
-                  "epochs"),
+                  "epochs", "alpha_final"),
     "gradients": ("variance", "bias", "seconds"),
     "elbo": ("variance", "bias"),
 }
@@ -91,7 +91,8 @@ def _posterior(res: dict) -> list[tuple[str, dict, dict]]:
 
 def _vae(res: dict) -> list[tuple[str, dict, dict]]:
     run = (res.get("runs") or [res])[0]
-    return [("vae", {}, {k: run.get(k) for k in KNOWN["vae train"]})]
+    # a metric a run does not have (alpha_final of a fixed skew) is left out, not counted as failed
+    return [("vae", {}, {k: run[k] for k in KNOWN["vae train"] if run.get(k) is not None})]
 
 
 def _gradients(res: dict) -> list[tuple[str, dict, dict]]:
@@ -147,7 +148,7 @@ def histories(command: str, folder: str | Path) -> dict[str, dict[str, list[floa
         h = res.get("history") or []
         if h:
             df = pd.DataFrame(h)
-            return {"vae": {k: df[k].tolist() for k in ("train_loss", "val_loss", "val_elbo") if k in df}}
+            return {"vae": {k: df[k].tolist() for k in ("train_loss", "val_loss", "val_elbo", "gjs_alpha") if k in df}}
     return {}
 
 
