@@ -12,7 +12,7 @@ group                     names
 ========================  =========================================================================
 SVI                       SVI, fit, FitResult, StoppingRule, DivergenceError, ClippedAdam,
                           GuardedAdam
-losses                    make_loss, LOSSES, GJS_ELBO, JitGJS_ELBO, JitTrace_ELBO,
+losses                    make_loss, LOSSES, GJS_ELBO, JitGJS_ELBO, IWAE_ELBO, JitTrace_ELBO,
                           JitTraceMeanField_ELBO, geometric_js
 guides                    make_guide, GUIDES, AutoFlow, MeanFieldGamma, MeanFieldPositiveNormal
 start                     laplace, start_guide_at, make_init, whitened_guide, AutoWhitened,
@@ -26,7 +26,8 @@ reference                 read_reference, ExactPosterior, cavi
 NUTS                      run_nuts
 estimator lab             estimate, get_estimator, register_estimator, get_family, ESTIMATORS,
                           unconstrained_target, reference_gradient
-VAE                       VAE, VAEConfig, train_vae, vae_elbo, iwae_log_likelihood, load_mnist
+VAE                       VAE, VAEConfig, train_vae, vae_elbo, iwae_log_likelihood, load_mnist,
+                          resolve_device
 models                    PoissonGamma, load_user_model
 ========================  =========================================================================
 
@@ -59,6 +60,8 @@ _add("svilab.inference.svi", "SVI", "fit", "FitResult", "StoppingRule", "Diverge
 _add("svilab.inference.optim", "ClippedAdam", "GuardedAdam")
 _add("svilab.inference.losses", "make_loss", "LOSSES")
 _add("svilab.inference.jsd_elbo", "GJS_ELBO", "JitGJS_ELBO")
+_add("svilab.inference.iwae_elbo", "IWAE_ELBO")
+_add("svilab.devices", "resolve_device")
 _add("svilab.inference.jit_elbo", "JitTrace_ELBO", "JitTraceMeanField_ELBO")
 _add("svilab.inference.divergences", "geometric_js")
 _add("svilab.guides", "make_guide", "GUIDES", "AutoFlow", "MeanFieldGamma", "MeanFieldPositiveNormal")

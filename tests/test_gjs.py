@@ -268,3 +268,64 @@ def test_plain_pyro_svi_accepts_the_objective():
     first = np.mean([svi.step(X) for _ in range(20)])
     last = np.mean([svi.step(X) for _ in range(200)][-20:])
     assert last < first
+
+
+# ----------------------------------------------------------------------------- the learned skew (tGJS / tdGJS)
+def _official_gjs(mean, logvar, a, dual):
+    """The official code's divergence, typed from jacobdeasy/geometric-js, vae/models/losses.py
+    (``_gjs_normal_loss`` with ``invert_alpha=True``, ``_get_mu_var``, ``_kl_normal_loss``): the mean over
+    the batch of the sum over latent dimensions, q = N(mean, exp(logvar)), p = N(0, 1)."""
+    var = logvar.exp()
+    b = 1 - a                                                          # invert_alpha
+    var_a = 1 / ((1 - b) / var + b / torch.ones_like(var))
+    mean_a = var_a * ((1 - b) * mean / var + b * torch.zeros_like(mean) / torch.ones_like(var))
+
+    def kl(m1, lv1, m2, lv2):
+        return (0.5 * (-1 + (lv2 - lv1) + lv1.exp() / lv2.exp() + (m2 - m1).pow(2) / lv2.exp()).mean(0)).sum()
+
+    zero = torch.zeros_like(mean)
+    if dual:
+        k1, k2 = kl(mean_a, var_a.log(), mean, logvar), kl(mean_a, var_a.log(), zero, zero)
+    else:
+        k1, k2 = kl(mean, logvar, mean_a, var_a.log()), kl(zero, zero, mean_a, var_a.log())
+    return (1 - a) * k1 + a * k2
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_a_learned_skew_has_the_official_codes_loss_and_gradient(dual):
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(7, 4, generator=g, dtype=torch.float64).requires_grad_()
+    logvar = (0.8 * torch.randn(7, 4, generator=g, dtype=torch.float64)).requires_grad_()
+    for a0 in (0.1, 0.5, 0.83):
+        alpha = torch.tensor(a0, dtype=torch.float64, requires_grad=True)
+        q = dist.Normal(mean, (logvar / 2).exp()).to_event(1)
+        p = dist.Normal(torch.zeros_like(mean), 1.0).to_event(1)
+        ours = geometric_js(q, p, alpha, dual=dual).mean()
+        theirs = _official_gjs(mean, logvar, alpha, dual)
+        assert float(ours.detach()) == pytest.approx(float(theirs.detach()), rel=1e-12, abs=1e-12)
+        for a, b in zip(torch.autograd.grad(ours, [mean, logvar, alpha]),
+                        torch.autograd.grad(theirs, [mean, logvar, alpha]), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_the_learned_skew_is_a_pyro_parameter_with_the_fixed_skews_loss_and_gradient(dual):
+    """At the parameter's value the objective is the fixed-alpha one (same draws); its gradient with respect to
+    logit(alpha) is dL/dalpha * alpha (1 - alpha), dL/dalpha by finite differences of the fixed-alpha loss."""
+    pyro.clear_param_store()
+    guide(X)
+    kw = {"num_particles": 3, "vectorize_particles": True, "max_plate_nesting": 1, "dual": dual}
+    learned = GeometricJSD_ELBO(0.3, learn_alpha=True, **kw)
+    pyro.set_rng_seed(1)
+    loss = learned.loss_and_grads(model, guide, X)
+    u = dict(pyro.get_param_store().named_parameters())["gjs_alpha"]
+    assert float(pyro.param("gjs_alpha")) == pytest.approx(0.3, rel=1e-7)      # the start, constrained to (0, 1)
+    a = float(pyro.param("gjs_alpha"))
+    assert loss == pytest.approx(_loss(GeometricJSD_ELBO(a, **kw), seed=1), rel=1e-12)
+    h = 1e-6
+    fd = (_loss(GeometricJSD_ELBO(a + h, **kw), seed=1) - _loss(GeometricJSD_ELBO(a - h, **kw), seed=1)) / (2 * h)
+    assert float(u.grad) == pytest.approx(fd * a * (1 - a), rel=1e-6)
+    with pytest.raises(ValueError, match=r"a learned alpha starts inside \(0, 1\)"):
+        GeometricJSD_ELBO(1.0, learn_alpha=True)
+    with pytest.raises(ValueError, match="loss 'iwae' takes no learn_alpha"):
+        make_loss("iwae", learn_alpha=True)

@@ -250,9 +250,13 @@ def _synthetic(n=400, seed=0, binary=False):
     return MNISTData(x[:300], y[:300], x[300:350], y[300:350], x[350:], y[350:], binary, "synthetic")
 
 
-def test_training_lowers_the_loss_and_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("loss, alpha, extra", [("elbo", None, {}), ("gjs", "learned:0.4", {}),
+                                                ("iwae", None, {"k": 3}), ("iwae", None, {"k": 3, "dreg": ""})])
+def test_training_lowers_the_loss_and_resume_is_exact(tmp_path, loss, alpha, extra):
     data = _synthetic()
-    cfg = vae_cmd.run_config(_args(epochs=3, eval_k=5, batch_size=50), "elbo", None)
+    args = _args(epochs=3, eval_k=5, batch_size=50, **{k: v for k, v in extra.items() if v != ""})
+    args.dreg = "dreg" in extra
+    cfg = vae_cmd.run_config(args, loss, alpha)
     quiet = Reporter(quiet=True)
     full = vae_cmd.train(cfg, RunFolder("t", tmp_path / "full"), data, quiet)
     h = full.history
@@ -266,6 +270,10 @@ def test_training_lowers_the_loss_and_resume_is_exact(tmp_path):
     for k, v in full.vae.state_dict().items():
         torch.testing.assert_close(resumed.vae.state_dict()[k], v, rtol=0, atol=0)
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in h]
+    if cfg.learn_alpha:        # the skew is trained (it moves), recorded per epoch, and resumed exactly
+        alphas = [r["gjs_alpha"] for r in h]
+        assert alphas[0] != 0.4 and len(set(alphas)) == 3 and all(0 < a < 1 for a in alphas)
+        assert [r["gjs_alpha"] for r in resumed.history] == alphas
 
 
 def test_train_step_skips_non_finite_updates():
@@ -386,3 +394,29 @@ def test_train_and_resume_on_real_mnist_via_cli(tmp_path, capsys):
     assert resumed["test_elbo"] == pytest.approx(straight["test_elbo"], rel=1e-6)
     h = json.loads((tmp_path / "b" / "results.json").read_text())["history"]
     assert h[1]["val_elbo"] > h[0]["val_elbo"] and math.isfinite(straight["test_log_likelihood"])
+
+
+def test_a_checkpoint_from_another_device_resumes_here_with_device_and_says_so(tmp_path, capsys):
+    """A run trained on a GPU (its checkpoint says so) is refused on a machine without one unless --device names a
+    device that is here; with --device cpu it continues from the same weights and says that its draws differ."""
+    write_idx(tmp_path / "data", n_train=120, n_test=20)
+    run = tmp_path / "run"
+    base = ["--data-root", str(tmp_path / "data"), "--validation", "20", "--eval-k", "5", "--batch-size", "20"]
+    assert main(["vae", "train", *base, "--epochs", "1", "--loss", "gjs", "--alpha", "learned", "--out", str(run)]) == 0
+    capsys.readouterr()
+    ckpt = run / vae_cmd.CHECKPOINT
+    state = torch.load(ckpt, weights_only=False)
+    state["config"]["device"], state["device"] = "cuda", "cuda:0"       # as if written on a GPU
+    torch.save(state, ckpt)
+    if not torch.cuda.is_available():
+        assert main(["vae", "train", "--resume", str(run), "--epochs", "2"]) == 2
+        err = capsys.readouterr().err
+        assert "the run was trained with --device cuda, which is not here" in err and "--device cpu" in err
+    assert main(["vae", "train", "--resume", str(run), "--epochs", "2", "--device", "cpu", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "was trained on cuda:0 and continues on cpu" in captured.err
+    out = json.loads(captured.out)["runs"][0]
+    assert out["epochs"] == 2 and out["device"] == "cpu" and out["learn_alpha"] and 0 < out["alpha_final"] < 1
+    # another alpha mode is a conflict, named
+    assert main(["vae", "train", "--resume", str(run), "--epochs", "3", "--alpha", "0.5"]) == 2
+    assert "--alpha 0.5 (the run has learned:0.5)" in capsys.readouterr().err

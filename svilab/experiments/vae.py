@@ -89,7 +89,7 @@ def train(config: VAERunConfig, folder: RunFolder, data: MNISTData, reporter: Re
     """
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
-    jit = config.jit and command_loss(config.loss, "vae").jit      # iwae and renyi run eager
+    jit = config.jit and command_loss(config.loss, "vae").jit and not config.dreg   # renyi and DReG run eager
     stored = config.as_dict()
 
     used = str(device if device is not None else resolve_device(config.device))

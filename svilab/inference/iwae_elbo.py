@@ -37,14 +37,17 @@ gradient, with a smaller variance for the guide (``tests/test_iwae.py`` measures
 Requirements: every guide site reparameterized (``has_rsample``), every sample site inside the
 plates the bound is per item of, no subsampling scale; ``dreg=True`` further needs a guide
 distribution whose parameters can be held fixed (any ``torch.distributions`` class with
-``arg_constraints``, under ``Independent`` wrappers). The loss is not JIT-compiled (a gradient hook
-cannot be traced).
+``arg_constraints``, under ``Independent`` wrappers). :class:`JitIWAE_ELBO` compiles the plain IWAE
+gradient with Pyro's JIT (once per (model, guide) pair, as :mod:`svilab.inference.jit_elbo`); the DReG
+gradient stays eager (a gradient hook cannot be traced).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 
+import pyro.ops.jit
 import torch
 from pyro.distributions.torch_distribution import MaskedDistribution
 from pyro.infer import ELBO
@@ -53,6 +56,7 @@ from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled
 from pyro.util import check_if_enumerated, warn_if_nan
 from torch.distributions import Independent
 
+from svilab.inference.jit_elbo import _CompiledPerPair
 from svilab.validation import positive_int
 
 
@@ -124,7 +128,9 @@ class IWAE_ELBO(ELBO):
         nest = int(self.max_plate_nesting) + (1 if self.num_particles == 1 else 0)
 
         def per_item(log_prob: torch.Tensor, site: dict) -> torch.Tensor:
-            if not (isinstance(site["scale"], (int, float)) and site["scale"] == 1.0):
+            scale = site["scale"]                  # a tensor under Pyro's JIT
+            if not (isinstance(scale, (int, float)) and scale == 1.0 or isinstance(scale, torch.Tensor)
+                    and scale.numel() == 1 and float(scale) == 1.0):
                 raise ValueError(f"IWAE_ELBO: site {site['name']!r} is scaled (a subsampled plate or "
                                  "poutine.scale): the per-item bound takes unscaled sites")
             v = log_prob.reshape((1,) * max(0, nest - log_prob.dim()) + log_prob.shape)
@@ -188,4 +194,39 @@ class IWAE_ELBO(ELBO):
         return plain
 
 
-__all__ = ["IWAE_ELBO"]
+class JitIWAE_ELBO(_CompiledPerPair, IWAE_ELBO):
+    """:class:`IWAE_ELBO` with its plain IWAE gradient compiled by Pyro's JIT (``pyro.ops.jit.trace``), one
+    compiled function per (model, guide) pair, called directly after its first call. The model must
+    have a static structure (Pyro's JIT conditions). ``dreg=True`` is refused: its gradient hooks cannot
+    be traced (use :class:`IWAE_ELBO`)."""
+
+    _compiled_attr = "_differentiable_loss"
+
+    def __init__(self, num_particles: int = 5, dreg: bool = False, max_plate_nesting: float = float("inf"),
+                 strict_enumeration_warning: bool = True) -> None:
+        if dreg:
+            raise ValueError("JitIWAE_ELBO: the DReG gradient cannot be JIT-compiled (a gradient hook is not "
+                             "traced); use IWAE_ELBO(dreg=True)")
+        super().__init__(num_particles, False, max_plate_nesting, strict_enumeration_warning)
+
+    def _compile(self, model, guide, *args, **kwargs):
+        """Pyro's pattern (``JitTraceMeanField_ELBO``): trace :meth:`IWAE_ELBO.differentiable_loss` with the
+        parameters as inputs, and call it."""
+        kwargs["_pyro_model_id"], kwargs["_pyro_guide_id"] = id(model), id(guide)
+        if getattr(self, "_differentiable_loss", None) is None:
+            weakself = weakref.ref(self)
+
+            @pyro.ops.jit.trace(ignore_warnings=True, jit_options=self.jit_options)
+            def differentiable_loss(*args, **kwargs):
+                kwargs.pop("_pyro_model_id")
+                kwargs.pop("_pyro_guide_id")
+                return IWAE_ELBO.differentiable_loss(weakself(), model, guide, *args, **kwargs)
+
+            self._differentiable_loss = differentiable_loss
+        return self._differentiable_loss(*args, **kwargs)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        return self._compiled_call(self._compile, model, guide, args, kwargs)
+
+
+__all__ = ["IWAE_ELBO", "JitIWAE_ELBO"]

@@ -11,8 +11,8 @@ name               objective (minimised as a loss)
                    ``num_particles`` samples), per item of the plates every site shares (the
                    images of a VAE); needs ``num_particles >= 2``
 ``iwae``           :class:`svilab.inference.iwae_elbo.IWAE_ELBO`: the importance-weighted bound
-                   with k = ``num_particles`` draws per item, vectorized; ``dreg=True`` for the
-                   doubly reparameterized gradient (MNIST VAE)
+                   with k = ``num_particles`` draws per item, vectorized (JIT-compiled unless
+                   ``dreg=True``, the doubly reparameterized gradient) (MNIST VAE)
 ``gjs``/``dgjs``   the skew geometric Jensen-Shannon objectives (MNIST VAE,
                    :mod:`svilab.inference.jsd_elbo`), with ``alpha``, fixed or learned
 =================  ===============================================================================
@@ -90,10 +90,10 @@ def _renyi(kw, jit, alpha, beta):
 
 
 def _iwae(kw, jit, alpha, beta, dreg=False):
-    from svilab.inference.iwae_elbo import IWAE_ELBO
+    from svilab.inference.iwae_elbo import IWAE_ELBO, JitIWAE_ELBO
 
     kw = {k: v for k, v in kw.items() if k != "vectorize_particles"}     # always vectorized
-    return IWAE_ELBO(dreg=dreg, **kw)
+    return JitIWAE_ELBO(**kw) if jit and not dreg else IWAE_ELBO(dreg=dreg, **kw)   # DReG: eager
 
 
 def _gjs(dual: bool):
@@ -112,7 +112,7 @@ LOSS_SPECS: dict[str, LossSpec] = {s.name: s for s in (
              default_for=("vae",), aliases=("tracemeanfield_elbo",)),
     LossSpec("renyi", "RenyiELBO(alpha)", _renyi, "renyi", jit=False, alpha="the Renyi order",
              commands=("posterior", "vae"), default_for=("vae",), aliases=("renyi_elbo",), samples=True),
-    LossSpec("iwae", "importance-weighted bound (k draws; DReG gradient optional)", _iwae, "iwae", jit=False,
+    LossSpec("iwae", "importance-weighted bound (k draws; DReG gradient optional)", _iwae, "iwae",
              commands=("vae",), default_for=("vae",), aliases=("iwae_elbo",), samples=True, options=("dreg",)),
     LossSpec("gjs", "skew geometric Jensen-Shannon ELBO (alpha, fixed or learned)", _gjs(False), "gjs",
              alpha="the skew", commands=("vae",), default_for=("vae",), options=("learn_alpha",)),
