@@ -28,6 +28,7 @@ from svilab.experiments.posterior_config import (
     PosteriorConfig,
     default_guides,
     fit_and_evaluate,
+    guide_options,
     run_methods,
 )
 from svilab.experiments.posterior_figures import figure_joint, figure_losses, figure_marginals_exact
@@ -83,7 +84,7 @@ def fit_guide(model: PoissonGamma, name: str, cfg: dict, config: PosteriorConfig
     """Fit guide ``name`` and evaluate it (:func:`~svilab.experiments.posterior_config.fit_and_evaluate`),
     with the exact ELBO where the guide's family has one; returns the method row and the loss history."""
     pyro.clear_param_store()
-    guide = make_guide(name, model.model, init=config.init)
+    guide = make_guide(name, model.model, init=config.init, **guide_options(name, config))
     jit = guide_spec(name).jit and loss_spec(config.loss).jit
     f = fit_and_evaluate(model.model, guide, name, config, cfg, cfg["lr"], jit, max_plate_nesting=1)
     mc, result = f.elbo, f.result
@@ -205,6 +206,10 @@ def register(sub) -> None:
                         "Laplace approximation (on by default; --no-precondition: never)")
     g.add_argument("--max-error", type=float, default=0.5,
                    help="with --reference: warn when a mean is more than this many reference sds off")
+    g.add_argument("--flow-hidden", type=int, nargs="+", default=None, metavar="WIDTH",
+                   help="hidden widths of the flow's autoregressive network, each >= the latent dimension D "
+                        "(default: max(16, 2D) up to D = 100, D + 100 above)")
+    g.add_argument("--flow-layers", type=int, default=None, help="spline layers of the flow (default 1)")
     g.add_argument("--nuts", action="store_true", help="also run NUTS (the MCMC reference)")
     g.add_argument("--loss", default="trace_elbo",
                    help=f"SVI objective, from: {', '.join(command_losses('posterior'))}")
@@ -247,7 +252,8 @@ def config_from_args(args: argparse.Namespace, model) -> PosteriorConfig:
         model, guides=args.guides, loss=args.loss, alpha=args.alpha, seed=args.seed, init=args.init,
         steps=args.steps, particles=args.particles, lr=args.lr, draws=args.draws, elbo_samples=args.elbo_samples,
         nuts=args.nuts, nuts_samples=args.nuts_samples, nuts_warmup=args.nuts_warmup, chains=args.chains,
-        reference=args.reference, max_error=args.max_error, precondition=args.precondition)
+        reference=args.reference, max_error=args.max_error, precondition=args.precondition,
+        flow_hidden=getattr(args, "flow_hidden", None), flow_layers=getattr(args, "flow_layers", None))
 
 
 @dataclass
@@ -264,6 +270,7 @@ class Prepared:
 def prepare(args: argparse.Namespace) -> Prepared:
     """The model and configuration of the command line, every file and option checked (one-line
     ValueErrors naming the option or file); nothing is run and no folder is made."""
+    from svilab.guides.sizing import check_guide_memory, flow_hidden_dims
     from svilab.inference.sites import model_sites
     from svilab.memory import check_particles
 
@@ -276,6 +283,11 @@ def prepare(args: argparse.Namespace) -> Prepared:
     with float64_default():
         sites = check_user_model(model)
         check_particles(sites, most, "--particles")
+        for g in config.guides:             # a guide that cannot hold this dimension: before any folder
+            if g == "flow":
+                flow_hidden_dims(sites.latent_dim, config.flow["hidden_dims"])
+            check_guide_memory(g, sites.latent_dim, config.svi[g]["particles"],
+                               flow_hidden=config.flow["hidden_dims"], flow_layers=config.flow["num_transforms"])
         reference = read_reference(args.reference) if args.reference else None
         if reference is not None:
             reference.check_names(parameter_names(sites), f"reference file {args.reference}")

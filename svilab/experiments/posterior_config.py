@@ -25,8 +25,15 @@ USER_LR = {"laplace": 0.01, "other": 0.05}
 
 
 def default_guides(user: bool) -> list[str]:
-    """Every guide for the Poisson-Gamma model; those that work on any model for a user's."""
-    return [n for n, s in GUIDE_SPECS.items() if s.any_model or not user]
+    """Every default guide for the Poisson-Gamma model; those that work on any model for a user's."""
+    return [n for n, s in GUIDE_SPECS.items() if s.default and (s.any_model or not user)]
+
+
+def guide_options(name: str, config) -> dict:
+    """The constructor options of guide ``name`` from the configuration (the flow's widths and layers)."""
+    if guide_name(name) == "flow":
+        return {"hidden_dims": config.flow["hidden_dims"], "num_transforms": config.flow["num_transforms"]}
+    return {}
 
 
 def settings(guide: str, steps: int | None, particles: int | None, lr: float | None, user: bool = False) -> dict:
@@ -51,6 +58,7 @@ class PosteriorConfig:
         whitens (:mod:`svilab.guides.whitened`).
     :ivar nuts_settings: ``num_samples``, ``warmup_steps``, ``num_chains``.
     :ivar model: the model's own configuration (``model.config()``); ``user`` when it is a ``--model``.
+    :ivar flow: the flow's ``hidden_dims`` (None: sized from the latent dimension) and ``num_transforms``.
     """
 
     guides: tuple[str, ...]
@@ -68,13 +76,15 @@ class PosteriorConfig:
     max_error: float = 0.5
     user: bool = False
     model: dict = field(default_factory=dict)
+    flow: dict = field(default_factory=lambda: {"hidden_dims": None, "num_transforms": 1})
 
     @classmethod
     def for_model(cls, model, *, guides=None, loss: str = "trace_elbo", alpha: float | None = None, seed: int = 0,
                   init: str | None = None, steps: int | None = None, particles: int | None = None,
                   lr: float | None = None, draws: int = 4000, elbo_samples: int = 100_000, nuts: bool = False,
                   nuts_samples: int = 500, nuts_warmup: int = 300, chains: int = 4, reference: str | None = None,
-                  max_error: float = 0.5, precondition: bool = True) -> PosteriorConfig:
+                  max_error: float = 0.5, precondition: bool = True, flow_hidden=None,
+                  flow_layers: int | None = None) -> PosteriorConfig:
         """The configuration for ``model`` (a ``PoissonGamma`` or a ``UserModel``) with these options,
         every default filled in and every option checked (the messages name the command-line option)."""
         from svilab.models.user import UserModel
@@ -101,6 +111,10 @@ class PosteriorConfig:
         if reference is not None and not user:
             raise ValueError("--reference needs --model (the Poisson-Gamma model is compared with its exact posterior)")
         check_memory(6 * 8 * elbo_samples, f"--elbo-samples {elbo_samples}")
+        if (flow_hidden is not None or flow_layers is not None) and "flow" not in names:
+            raise ValueError("--flow-hidden and --flow-layers shape the flow guide; --guides has no flow")
+        flow = {"hidden_dims": None if flow_hidden is None else [positive_int(h, "--flow-hidden") for h in flow_hidden],
+                "num_transforms": 1 if flow_layers is None else positive_int(flow_layers, "--flow-layers")}
         return cls(
             guides=tuple(names), svi={g: settings(g, steps, particles, lr, user) for g in names}, loss=loss,
             alpha=alpha, seed=seed, init=(init or "laplace") if user else init, precondition=bool(precondition),
@@ -110,7 +124,8 @@ class PosteriorConfig:
             nuts_settings={"num_samples": positive_int(nuts_samples, "--nuts-samples", minimum=4),   # R-hat
                            "warmup_steps": positive_int(nuts_warmup, "--nuts-warmup", minimum=0),
                            "num_chains": positive_int(chains, "--chains")},
-            reference=reference, max_error=positive(max_error, "--max-error"), user=user, model=model.config())
+            reference=reference, max_error=positive(max_error, "--max-error"), user=user, model=model.config(),
+            flow=flow)
 
     def as_dict(self) -> dict:
         """``config.json``: the command, every setting and the model's configuration."""
@@ -118,7 +133,8 @@ class PosteriorConfig:
                  "precondition": self.precondition} if self.user else {"init": self.init}
         return {"command": "posterior", "guides": list(self.guides), "loss": self.loss, "alpha": self.alpha,
                 "seed": self.seed, **extra, "svi": self.svi, "draws": self.draws, "elbo_samples": self.elbo_samples,
-                "nuts": self.nuts, "nuts_settings": self.nuts_settings, **self.model}
+                "nuts": self.nuts, "nuts_settings": self.nuts_settings,
+                **({"flow": self.flow} if "flow" in self.guides else {}), **self.model}
 
 
 
@@ -197,4 +213,5 @@ def run_methods(config: PosteriorConfig, fit_one, nuts_one, reporter, describe_f
     return methods, histories, failed
 
 
-__all__ = ["USER_LR", "GuideFit", "PosteriorConfig", "default_guides", "fit_and_evaluate", "run_methods", "settings"]
+__all__ = ["USER_LR", "GuideFit", "PosteriorConfig", "default_guides", "fit_and_evaluate", "guide_options",
+           "run_methods", "settings"]

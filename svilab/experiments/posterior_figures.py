@@ -15,7 +15,7 @@ from svilab.inference.summaries import MethodResult
 #: every method's colour in the figures: the guides' own, NUTS, CAVI
 #: each method's colour in every figure
 COLORS = {"normal": "tab:orange", "lognormal": "tab:green", "gamma": "tab:red", "mvn": "tab:purple",
-          "flow": "tab:brown", "nuts": "tab:gray", "cavi": "tab:pink"}
+          "flow": "tab:brown", "lowrank": "tab:olive", "nuts": "tab:gray", "cavi": "tab:pink"}
 
 
 def figure_joint(exact: ExactPosterior, methods: list[MethodResult], n_points: int = 1500, n_grid: int = 200):

@@ -21,7 +21,7 @@ import pyro
 import torch
 
 from svilab.experiments.common import Reporter
-from svilab.experiments.posterior_config import USER_LR, PosteriorConfig, fit_and_evaluate, run_methods
+from svilab.experiments.posterior_config import USER_LR, PosteriorConfig, fit_and_evaluate, guide_options, run_methods
 from svilab.experiments.posterior_figures import figure_losses, figure_marginals_reference
 from svilab.experiments.runs import RunFolder
 from svilab.guides import guide_name, guide_spec, make_guide
@@ -83,18 +83,24 @@ def model_errors(what: str):
 
 def laplace_start(um: UserModel, sites, reporter: Reporter | None = None):
     """The Laplace approximation the guides start from (:mod:`svilab.inference.laplace`), found from the
-    centre of the unconstrained space; ``ok`` False when there is no usable mode."""
-    from svilab.inference.laplace import laplace
+    centre of the unconstrained space; ``ok`` False when there is no usable mode, or when its D x D matrices
+    would not fit svilab's memory budget (:func:`svilab.guides.sizing.laplace_bytes`: then it is not tried)."""
+    from svilab.guides.sizing import laplace_bytes
+    from svilab.inference.laplace import LaplaceApproximation, laplace
     from svilab.inference.potential import UnconstrainedTarget
+    from svilab.memory import check_memory
 
     target = UnconstrainedTarget(um.model, sites)
     t0 = time.perf_counter()
     try:
-        approx = laplace(target, torch.zeros(target.dim, dtype=torch.float64))
-    except (RuntimeError, ValueError) as exc:  # a model the Hessian cannot go through
-        from svilab.inference.laplace import LaplaceApproximation
-
-        approx = LaplaceApproximation(torch.zeros(target.dim), None, None, False, f"failed: {exc}")
+        check_memory(laplace_bytes(target.dim), f"the {target.dim} x {target.dim} Hessian of the Laplace start")
+    except ValueError as exc:
+        approx = LaplaceApproximation(torch.zeros(target.dim), None, None, False, f"skipped: {exc}")
+    else:
+        try:
+            approx = laplace(target, torch.zeros(target.dim, dtype=torch.float64))
+        except (RuntimeError, ValueError) as exc:  # a model the Hessian cannot go through
+            approx = LaplaceApproximation(torch.zeros(target.dim), None, None, False, f"failed: {exc}")
     if reporter is not None:
         reporter.say(f"Laplace start: {approx.message} ({time.perf_counter() - t0:.2f} s)" if approx.ok else
                      f"Laplace start not usable ({approx.message}): guides start from Stan's uniform init")
@@ -113,9 +119,10 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: PosteriorConfig,
     if whiten:
         from svilab.guides.whitened import whitened_guide
 
-        guide = whitened_guide(name, um.model, start[1])
+        guide = whitened_guide(name, um.model, start[1], **guide_options(name, config))
     else:
-        guide = make_guide(name, um.model, init="uniform" if config.init == "laplace" else config.init)
+        guide = make_guide(name, um.model, init="uniform" if config.init == "laplace" else config.init,
+                           **guide_options(name, config))
     if use_laplace and not whiten:
         from svilab.inference.laplace import start_guide_at
 

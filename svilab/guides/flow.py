@@ -29,6 +29,7 @@ a float64 flow; Pyro would mix float32 networks with float64 values).
 from __future__ import annotations
 
 import math
+import warnings
 
 import pyro.distributions as dist
 import torch
@@ -75,7 +76,9 @@ class AutoFlow(AutoContinuous):
 
     :param model: the Pyro model.
     :param num_transforms: number of autoregressive spline layers (0 gives the full-rank Gaussian).
-    :param hidden_dims: hidden sizes of each layer's autoregressive network.
+    :param hidden_dims: hidden sizes of each layer's autoregressive network, each at least the latent
+        dimension D; None: sized from D (:func:`svilab.guides.sizing.flow_hidden_dims`: ``max(16, 2D)``
+        up to 100 dimensions, ``D + 100`` above).
     :param count_bins: spline bins; ``bound``: the spline acts on ``[-bound, bound]``.
     :param init_scale: initial diagonal of ``L``.
     """
@@ -83,10 +86,12 @@ class AutoFlow(AutoContinuous):
     #: Pyro's JIT cannot compile it (its networks are created on the first call); read by :func:`svilab.fit`
     jit_compatible = False
 
-    def __init__(self, model, num_transforms: int = 1, hidden_dims: tuple[int, ...] = (16,), count_bins: int = 8,
-                 bound: float = 3.0, init_scale: float = 0.1, init_loc_fn=init_to_median) -> None:
+    def __init__(self, model, num_transforms: int = 1, hidden_dims: tuple[int, ...] | None = None,
+                 count_bins: int = 8, bound: float = 3.0, init_scale: float = 0.1, init_loc_fn=init_to_median) -> None:
         self.num_transforms = int(num_transforms)
-        self.hidden_dims = [int(h) for h in hidden_dims]
+        if self.num_transforms < 0:
+            raise ValueError(f"flow: num_transforms must be >= 0, got {num_transforms}")
+        self.hidden_dims = None if hidden_dims is None else [int(h) for h in hidden_dims]
         self.count_bins = int(count_bins)
         self.bound = float(bound)
         self.init_scale = float(init_scale)
@@ -94,9 +99,14 @@ class AutoFlow(AutoContinuous):
         self.transform = None
 
     def _make_transform(self) -> ComposeTransformModule:
+        from svilab.guides.sizing import flow_hidden_dims
+
         loc = self._init_loc()
-        layers = [spline_autoregressive(self.latent_dim, hidden_dims=self.hidden_dims, count_bins=self.count_bins,
-                                        bound=self.bound) for _ in range(self.num_transforms)]
+        widths = flow_hidden_dims(self.latent_dim, self.hidden_dims)
+        with warnings.catch_warnings():      # one latent: Pyro suggests an affine map; the spline is still valid
+            warnings.filterwarnings("ignore", message=".*input_dim = 1.*")
+            layers = [spline_autoregressive(self.latent_dim, hidden_dims=widths, count_bins=self.count_bins,
+                                            bound=self.bound) for _ in range(self.num_transforms)]
         return ComposeTransformModule([*layers, LowerTriangularAffine(loc, self.init_scale)]).to(loc.dtype)
 
     def get_base_dist(self):

@@ -130,12 +130,13 @@ class AutoWhitened(_Whitened):
     """
 
     def __init__(self, model, loc: torch.Tensor, scale_tril: torch.Tensor, num_transforms: int = 0,
-                 hidden_dims: tuple[int, ...] = (16,), count_bins: int = 8, bound: float = 3.0,
+                 hidden_dims: tuple[int, ...] | None = None, count_bins: int = 8, bound: float = 3.0,
                  init_loc_fn=None) -> None:
         _check(loc, scale_tril, None)
         super().__init__(model, loc, init_loc_fn)
         self.pre_scale_tril = scale_tril.detach().clone()
-        self.num_transforms, self.hidden_dims = int(num_transforms), [int(h) for h in hidden_dims]
+        self.num_transforms = int(num_transforms)
+        self.hidden_dims = None if hidden_dims is None else [int(h) for h in hidden_dims]
         self.count_bins, self.bound = int(count_bins), float(bound)
 
     @property
@@ -150,7 +151,10 @@ class AutoWhitened(_Whitened):
         return float((s[0] / s[-1]) ** 2)
 
     def _learned(self, dim, dtype):
-        splines = [spline_autoregressive(dim, hidden_dims=self.hidden_dims, count_bins=self.count_bins,
+        from svilab.guides.sizing import flow_hidden_dims
+
+        widths = flow_hidden_dims(dim, self.hidden_dims)
+        splines = [spline_autoregressive(dim, hidden_dims=widths, count_bins=self.count_bins,
                                          bound=self.bound) for _ in range(self.num_transforms)]
         return [*splines, LowerTriangularAffine(torch.zeros(dim, dtype=dtype), scale=1.0)]
 
@@ -182,9 +186,10 @@ class AutoWhitenedNormal(_Whitened):
         return AffineTransform(self.pre_loc.to(dtype), self.pre_scale.to(dtype), event_dim=1)
 
 
-def whitened_guide(name: str, model, approx, init_loc_fn=None):
+def whitened_guide(name: str, model, approx, init_loc_fn=None, hidden_dims=None, num_transforms: int = 1):
     """The preconditioned form of guide ``name`` (``lognormal``, ``mvn``, ``flow``) at the Gaussian
-    approximation ``approx`` (a :class:`~svilab.inference.laplace.LaplaceApproximation` that is ``ok``)."""
+    approximation ``approx`` (a :class:`~svilab.inference.laplace.LaplaceApproximation` that is ``ok``);
+    ``hidden_dims`` and ``num_transforms`` are the flow's (as :class:`~svilab.guides.flow.AutoFlow`)."""
     from svilab.guides import guide_name
 
     name = guide_name(name)
@@ -194,7 +199,8 @@ def whitened_guide(name: str, model, approx, init_loc_fn=None):
         return AutoWhitenedNormal(model, approx.loc, approx.precision.diagonal().rsqrt(), init_loc_fn=init_loc_fn)
     if name in ("mvn", "flow"):
         L = torch.linalg.cholesky(approx.cov)
-        return AutoWhitened(model, approx.loc, L, num_transforms=1 if name == "flow" else 0, init_loc_fn=init_loc_fn)
+        return AutoWhitened(model, approx.loc, L, num_transforms=num_transforms if name == "flow" else 0,
+                            hidden_dims=hidden_dims, init_loc_fn=init_loc_fn)
     raise ValueError(f"guide {name!r} has no preconditioned form (lognormal, mvn and flow have)")
 
 

@@ -179,9 +179,11 @@ def _condition(precision: torch.Tensor) -> float:
 
 
 def start_guide_at(guide, approx: LaplaceApproximation, target: UnconstrainedTarget) -> None:
-    """Set an ``AutoNormal``, ``AutoMultivariateNormal`` or :class:`~svilab.guides.flow.AutoFlow` guide
-    (whose prototype trace exists: run the guide once first) to the Laplace approximation."""
-    from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
+    """Set an ``AutoNormal``, ``AutoMultivariateNormal``, ``AutoLowRankMultivariateNormal`` or
+    :class:`~svilab.guides.flow.AutoFlow` guide (whose prototype trace exists: run the guide once first) to
+    the Laplace approximation. The low-rank guide gets the covariance's leading ``rank`` eigen-directions and
+    the rest of each variance on its diagonal (at least 1% of it)."""
+    from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoNormal
 
     from svilab.guides.flow import AutoFlow
 
@@ -195,6 +197,16 @@ def start_guide_at(guide, approx: LaplaceApproximation, target: UnconstrainedTar
             guide.loc.data.copy_(loc.to(guide.loc.dtype))
             guide.scale = d
             guide.scale_tril = L / d[:, None]
+        elif isinstance(guide, AutoLowRankMultivariateNormal):
+            eig, vec = torch.linalg.eigh(cov)
+            r = guide.rank
+            factor = vec[:, -r:] * eig[-r:].clamp_min(0).sqrt()               # (D, r): the leading directions
+            var = cov.diagonal()
+            rest = (var - (factor ** 2).sum(-1)).clamp_min(0.01 * var)
+            scale = rest.sqrt()
+            guide.loc.data.copy_(loc.to(guide.loc.dtype))
+            guide.scale = scale.to(guide.loc.dtype)
+            guide.cov_factor.data.copy_((factor / scale[:, None]).to(guide.loc.dtype))
         elif isinstance(guide, AutoNormal):
             sd = approx.precision.diagonal().rsqrt()
             start = 0
