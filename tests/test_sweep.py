@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -218,3 +219,28 @@ def test_a_trial_whose_worker_dies_is_retried_then_recorded_as_failed(tmp_path, 
     (trial,) = sj["trials"]
     assert trial["status"] == "failed" and "worker died" in trial["error"] and "1 retries" in trial["error"]
     assert sj["counts"]["failed"] == 1 and ray_processes() == []
+
+
+def test_sigterm_stops_a_sweep_like_ctrl_c(tmp_path):
+    """ray.init installs its own SIGTERM handlers (one prints a C++ stack dump and exits at once); the sweep puts
+    svilab's back, so SIGTERM cancels the trials, shuts Ray down and says so, with the finished trials kept."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC)
+    out = tmp_path / "sweep"
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    proc = subprocess.Popen([sys.executable, "-m", "svilab", "sweep", str(spec), "--out", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out.glob("trials/*/seed-*/trial.json")):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1].decode()
+    assert proc.returncode == 143, err
+    assert "svilab sweep: terminated (SIGTERM)" in err and "SIGTERM received at time" not in err, err
+    assert read_status(out)["status"] == "interrupted"
+    assert list(out.glob("trials/*/seed-*/trial.json"))        # what finished is kept
+    deadline = time.time() + 20
+    while time.time() < deadline and ray_processes():
+        time.sleep(0.5)
+    assert ray_processes() == []

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -93,6 +95,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         watchdog = subprocess.Popen([sys.executable, "-m", "svilab.sweep.watchdog", str(os.getpid())],
                                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
+    before = signal.getsignal(signal.SIGTERM)
     try:
         try:
             if address is None:
@@ -110,6 +113,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise EngineError(f"--address {address}: cannot connect: {first[:200]}" if address else
                               f"cannot start Ray: {first[:200]}") from None
+        if callable(before) and threading.current_thread() is threading.main_thread():
+            # ray.init installs its own SIGTERM handlers (a C++ one that prints a stack dump and exits): put
+            # svilab's back, so SIGTERM stops the sweep as Ctrl-C does (trials cancelled, Ray shut down)
+            signal.signal(signal.SIGTERM, before)
         cpus = int(ray.cluster_resources().get("CPU", num_cpus or 1))
         yield RaySession(address, cpus, watchdog)
     finally:
