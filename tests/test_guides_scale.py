@@ -4,6 +4,7 @@ D x D matrices would not fit."""
 
 import re
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -134,3 +135,34 @@ def test_the_laplace_start_is_skipped_where_its_matrices_would_not_fit(tmp_path,
         _, approx = laplace_start(um, sites)
     assert not approx.ok
     assert re.match(r"skipped: the 400 x 400 Hessian of the Laplace start needs about 9.77 MB", approx.message)
+
+
+def test_draws_are_evaluated_in_chunks_the_memory_budget_allows(monkeypatch):
+    """200,000 observations: one draw's traces take about 19 MB, so under a 50 MB budget the draws go 2 at a time
+    and every draw, pointwise log-likelihood and weight is there; under 20 MB not even 2 fit: one line naming the
+    amount."""
+    from pyro.infer.autoguide import AutoNormal
+
+    from svilab.inference.draws import fit_chunk, guide_draws
+
+    n = 200_000
+    x = torch.linspace(-1, 1, n)
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu, 10.0), obs=x)
+
+    pyro.clear_param_store()
+    guide = AutoNormal(model)
+    guide(x)
+    sites = model_sites(model, x)
+    monkeypatch.setenv("SVILAB_MEMORY_GB", str(50 / 1024))
+    assert fit_chunk(4096, sites, "draws") == 2
+    d = guide_draws(model, guide, x, num_samples=6, seed=0, sites=sites)
+    assert d.log_likelihood["x"].shape == (6, n) and d.latent["mu"].shape == (6,)
+    assert np.isfinite(d.log_weights).all()
+    monkeypatch.setenv("SVILAB_MEMORY_GB", str(20 / 1024))
+    with pytest.raises(ValueError, match=r"6 draws of the guide: the model evaluated on 2 draws at once "
+                                         r"\(200,001 latent, deterministic and observed values per draw\) needs about"):
+        guide_draws(model, guide, x, num_samples=6, seed=0, sites=sites)

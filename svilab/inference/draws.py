@@ -129,6 +129,24 @@ def _numpy(parts: dict[str, list]) -> dict[str, np.ndarray]:
     return {k: torch.cat(v).detach().to(torch.float64).cpu().numpy() for k, v in parts.items()}
 
 
+def fit_chunk(chunk: int, sites: ModelSites, what: str) -> int:
+    """``chunk`` draws, fewer where one chunk's traces (every latent, deterministic and observed value, with
+    the model's intermediate tensors: :data:`svilab.memory.SVI_FLOATS_PER_VALUE` floats each) would not fit
+    svilab's memory budget; a ValueError naming the amount when not even 2 draws fit. The draws do not
+    depend on the chunk for models small enough to use the default (almost all); a model whose chunk the
+    budget shrinks gets other (equally valid) random draws."""
+    from svilab.memory import SVI_FLOATS_PER_VALUE, memory_budget
+
+    values = (sites.latent_dim + sum(torch.Size(s).numel() for s in sites.deterministic.values())
+              + sum(v.numel() for v in sites.observed.values()))
+    per_draw = SVI_FLOATS_PER_VALUE * 8 * max(values, 1)
+    fits = memory_budget() // per_draw
+    if fits < 2:
+        check_memory(2 * per_draw, f"{what}: the model evaluated on 2 draws at once ({values:,} latent, "
+                                   "deterministic and observed values per draw)")
+    return int(max(2, min(chunk, fits)))
+
+
 def _chunks(total: int, chunk: int):
     start = 0
     while start < total:
@@ -156,6 +174,7 @@ def guide_draws(model, guide, *args, num_samples: int = 4000, chunk: int = DEFAU
                     + sum(v.numel() for v in sites.observed.values())) if keep else 0
     # kept draws, plus the log weights and the copies Pareto smoothing makes of them
     check_memory(num_samples * (per_draw + 6 * 8), f"{num_samples} draws of the guide")
+    chunk = fit_chunk(chunk, sites, f"{num_samples} draws of the guide")
     if seed is not None:
         pyro.set_rng_seed(seed)
     out = {"latent": {}, "deterministic": {}, "log_likelihood": {}}
@@ -188,6 +207,7 @@ def replay_draws(model, samples: Mapping[str, np.ndarray | torch.Tensor], *args,
     nesting = sites.max_plate_nesting
     tensors = {k: torch.as_tensor(np.asarray(samples[k])) for k in sites.latent}
     total = len(next(iter(tensors.values())))
+    chunk = fit_chunk(positive_int(chunk, "chunk"), sites, f"{total} draws replayed through the model")
     out = {"latent": {}, "deterministic": {}, "log_likelihood": {}}
     with torch.no_grad():
         for start, n in _chunks(total, chunk):
@@ -230,5 +250,5 @@ def flat_draws(arrays: Mapping[str, np.ndarray], one_based: bool = True) -> dict
     return out
 
 
-__all__ = ["Draws", "VectorizationError", "conditioned_trace", "flat_draws", "guide_draws", "importance_log_weights",
-           "replay_draws"]
+__all__ = ["Draws", "VectorizationError", "conditioned_trace", "fit_chunk", "flat_draws", "guide_draws",
+           "importance_log_weights", "replay_draws"]
