@@ -210,6 +210,12 @@ def register(sub) -> None:
                    help="hidden widths of the flow's autoregressive network, each >= the latent dimension D "
                         "(default: max(16, 2D) up to D = 100, D + 100 above)")
     g.add_argument("--flow-layers", type=int, default=None, help="spline layers of the flow (default 1)")
+    g.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="--model only: rows per SVI step, passed to the model as subsample_size (write it as "
+                        "def model(data, subsample_size=None) with pyro.plate('data', N, subsample_size=...)); "
+                        "every evaluation uses all rows")
+    g.add_argument("--log-likelihood", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the pointwise log-likelihood (draws x observations) in the draws and InferenceData")
     g.add_argument("--nuts", action="store_true", help="also run NUTS (the MCMC reference)")
     g.add_argument("--loss", default="trace_elbo",
                    help=f"SVI objective, from: {', '.join(command_losses('posterior'))}")
@@ -253,7 +259,8 @@ def config_from_args(args: argparse.Namespace, model) -> PosteriorConfig:
         steps=args.steps, particles=args.particles, lr=args.lr, draws=args.draws, elbo_samples=args.elbo_samples,
         nuts=args.nuts, nuts_samples=args.nuts_samples, nuts_warmup=args.nuts_warmup, chains=args.chains,
         reference=args.reference, max_error=args.max_error, precondition=args.precondition,
-        flow_hidden=getattr(args, "flow_hidden", None), flow_layers=getattr(args, "flow_layers", None))
+        flow_hidden=getattr(args, "flow_hidden", None), flow_layers=getattr(args, "flow_layers", None),
+        batch_size=getattr(args, "batch_size", None), log_likelihood=getattr(args, "log_likelihood", True))
 
 
 @dataclass
@@ -282,6 +289,10 @@ def prepare(args: argparse.Namespace) -> Prepared:
         return Prepared(model, config)
     with float64_default():
         sites = check_user_model(model)
+        if config.batch_size is not None:     # the model takes subsample_size and uses it, B <= rows
+            from svilab.inference.subsample import check_batch_size
+
+            check_batch_size(config.batch_size, model.model, function=model.fn)
         check_particles(sites, most, "--particles")
         for g in config.guides:             # a guide that cannot hold this dimension: before any folder
             if g == "flow":

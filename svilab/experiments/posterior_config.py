@@ -59,6 +59,9 @@ class PosteriorConfig:
     :ivar nuts_settings: ``num_samples``, ``warmup_steps``, ``num_chains``.
     :ivar model: the model's own configuration (``model.config()``); ``user`` when it is a ``--model``.
     :ivar flow: the flow's ``hidden_dims`` (None: sized from the latent dimension) and ``num_transforms``.
+    :ivar batch_size: rows per SVI step of a ``--model`` that subsamples (passed as ``subsample_size``; None:
+        all rows); every evaluation uses all rows (:mod:`svilab.inference.subsample`).
+    :ivar log_likelihood: keep the pointwise log-likelihood in the draws and InferenceData.
     """
 
     guides: tuple[str, ...]
@@ -77,6 +80,8 @@ class PosteriorConfig:
     user: bool = False
     model: dict = field(default_factory=dict)
     flow: dict = field(default_factory=lambda: {"hidden_dims": None, "num_transforms": 1})
+    batch_size: int | None = None
+    log_likelihood: bool = True
 
     @classmethod
     def for_model(cls, model, *, guides=None, loss: str = "trace_elbo", alpha: float | None = None, seed: int = 0,
@@ -84,7 +89,8 @@ class PosteriorConfig:
                   lr: float | None = None, draws: int = 4000, elbo_samples: int = 100_000, nuts: bool = False,
                   nuts_samples: int = 500, nuts_warmup: int = 300, chains: int = 4, reference: str | None = None,
                   max_error: float = 0.5, precondition: bool = True, flow_hidden=None,
-                  flow_layers: int | None = None) -> PosteriorConfig:
+                  flow_layers: int | None = None, batch_size: int | None = None,
+                  log_likelihood: bool = True) -> PosteriorConfig:
         """The configuration for ``model`` (a ``PoissonGamma`` or a ``UserModel``) with these options,
         every default filled in and every option checked (the messages name the command-line option)."""
         from svilab.models.user import UserModel
@@ -113,6 +119,10 @@ class PosteriorConfig:
         check_memory(6 * 8 * elbo_samples, f"--elbo-samples {elbo_samples}")
         if (flow_hidden is not None or flow_layers is not None) and "flow" not in names:
             raise ValueError("--flow-hidden and --flow-layers shape the flow guide; --guides has no flow")
+        if batch_size is not None:
+            if not user:
+                raise ValueError("--batch-size needs --model (a model that subsamples its data plate)")
+            batch_size = positive_int(batch_size, "--batch-size")
         flow = {"hidden_dims": None if flow_hidden is None else [positive_int(h, "--flow-hidden") for h in flow_hidden],
                 "num_transforms": 1 if flow_layers is None else positive_int(flow_layers, "--flow-layers")}
         return cls(
@@ -125,12 +135,13 @@ class PosteriorConfig:
                            "warmup_steps": positive_int(nuts_warmup, "--nuts-warmup", minimum=0),
                            "num_chains": positive_int(chains, "--chains")},
             reference=reference, max_error=positive(max_error, "--max-error"), user=user, model=model.config(),
-            flow=flow)
+            flow=flow, batch_size=batch_size, log_likelihood=bool(log_likelihood))
 
     def as_dict(self) -> dict:
         """``config.json``: the command, every setting and the model's configuration."""
         extra = {"reference": self.reference, "max_error": self.max_error, "init": self.init,
-                 "precondition": self.precondition} if self.user else {"init": self.init}
+                 "precondition": self.precondition, "batch_size": self.batch_size,
+                 "log_likelihood": self.log_likelihood} if self.user else {"init": self.init}
         return {"command": "posterior", "guides": list(self.guides), "loss": self.loss, "alpha": self.alpha,
                 "seed": self.seed, **extra, "svi": self.svi, "draws": self.draws, "elbo_samples": self.elbo_samples,
                 "nuts": self.nuts, "nuts_settings": self.nuts_settings,
@@ -150,24 +161,25 @@ class GuideFit:
 
 
 def fit_and_evaluate(model, guide, name: str, config: PosteriorConfig, cfg: dict, lr: float, jit: bool,
-                     max_plate_nesting: int, sites=None) -> GuideFit:
+                     max_plate_nesting: int, sites=None, fit_model=None) -> GuideFit:
     """What both models do for a guide: SVI with ``cfg``'s schedule (lr decayed 40x; a diverged run keeps
     its last finite parameters and says so), then from the fitted guide the ELBO with its standard
     error and Pareto k-hat (``config.elbo_samples`` draws), ``config.draws`` draws with their importance
     weights for the InferenceData, and the warnings: k-hat, the importance-sampling check of the means,
-    divergence or non-convergence."""
+    divergence or non-convergence. ``fit_model``: the model SVI steps on (a subsampling one), if not
+    ``model``; the evaluation is always on ``model``."""
     from svilab.inference.evaluate import evaluate_guide
     from svilab.inference.svi import DivergenceError, fit
 
     try:
-        result = fit(model, guide, loss=config.loss, alpha=config.alpha, steps=cfg["steps"],
-                     num_particles=cfg["particles"], lr=lr, lr_final=lr / 40, jit=jit,
+        result = fit(model if fit_model is None else fit_model, guide, loss=config.loss, alpha=config.alpha,
+                     steps=cfg["steps"], num_particles=cfg["particles"], lr=lr, lr_final=lr / 40, jit=jit,
                      max_plate_nesting=max_plate_nesting, seed=config.seed, description=f"SVI {name}")
         outcome = result
     except DivergenceError as exc:
         result, outcome = exc.result, exc
     check = evaluate_guide(model, guide, fit=outcome, draws=config.draws, elbo_samples=config.elbo_samples,
-                           seed=config.seed + 1, sites=sites, warn=False)
+                           seed=config.seed + 1, sites=sites, warn=False, log_likelihood=config.log_likelihood)
     # the order of the warnings as before: k-hat, importance check, then the fit's
     return GuideFit(result, check.elbo, check.idata, check.warnings)
 

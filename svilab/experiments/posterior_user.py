@@ -130,9 +130,16 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: PosteriorConfig,
             guide()
         start_guide_at(guide, start[1], start[0])
     lr = cfg["lr"] if cfg["lr"] is not None else USER_LR["laplace" if use_laplace else "other"]
-    jit = guide_spec(name).jit and loss_spec(config.loss).jit and getattr(guide, "jit_compatible", True)
+    jit = (guide_spec(name).jit and loss_spec(config.loss).jit and getattr(guide, "jit_compatible", True)
+           and config.batch_size is None)              # each step's rows are drawn in Python: eager
+    fit_model = None
+    if config.batch_size is not None:
+        from svilab.inference.subsample import with_batch_size
+
+        fit_model = with_batch_size(um.model, config.batch_size)
     with model_errors(f"fitting {name}"):
-        f = fit_and_evaluate(um.model, guide, name, config, cfg, lr, jit, sites.max_plate_nesting, sites=sites)
+        f = fit_and_evaluate(um.model, guide, name, config, cfg, lr, jit, sites.max_plate_nesting, sites=sites,
+                             fit_model=fit_model)
     elbo, result = f.elbo, f.result
     method = MethodResult(name, f.idata, elbo=elbo.value, elbo_se=elbo.se,
                           elbo_method=f"Monte Carlo (n={elbo.num_samples})", seconds=result.seconds,

@@ -97,14 +97,15 @@ def _vectorization_error(exc: Exception, n: int, nesting: int) -> ValueError:
 
 
 def _collect(model_trace, sites: ModelSites, n: int, out: dict[str, dict[str, list]], keep: int | None = None,
-             latent: bool = False) -> None:
-    """Append the first ``keep`` of ``n`` draws of each site of ``model_trace`` to ``out[group][site]``."""
+             latent: bool = False, log_likelihood: bool = True) -> None:
+    """Append the first ``keep`` of ``n`` draws of each site of ``model_trace`` to ``out[group][site]``
+    (the observed sites' pointwise log-likelihood only with ``log_likelihood``)."""
     keep = n if keep is None else keep
     groups = [("deterministic", name, model_trace.nodes[name]["value"], sites.deterministic[name])
               for name in sites.deterministic]
     if latent:
         groups += [("latent", name, model_trace.nodes[name]["value"], s.shape) for name, s in sites.latent.items()]
-    for name, obs in sites.observed.items():
+    for name, obs in (sites.observed.items() if log_likelihood else ()):
         site = model_trace.nodes[name]
         lp = site["log_prob"] if "log_prob" in site else site["fn"].log_prob(site["value"])
         groups.append(("log_likelihood", name, lp, obs.shape[:obs.dim() - len(site["fn"].event_shape)]))
@@ -157,11 +158,13 @@ def _chunks(total: int, chunk: int):
 
 def guide_draws(model, guide, *args, num_samples: int = 4000, chunk: int = DEFAULT_CHUNK, seed: int | None = None,
                 sites: ModelSites | None = None, keep: bool = True, model_kwargs: dict | None = None,
-                **kwargs) -> Draws:
+                log_likelihood: bool = True, **kwargs) -> Draws:
     """``num_samples`` draws from ``guide`` with the model's deterministic sites, pointwise
     log-likelihood and the importance log-weights (see the module docstring).
 
     :param keep: False keeps only the log-weights (``latent`` etc. empty), for large ELBO samples.
+    :param log_likelihood: keep the pointwise log-likelihood (draws x observations numbers: leave it out
+        for data too large to hold it; the memory check names the amount).
     :param model_kwargs: model keyword arguments named like an option here (``seed``, ``chunk``, ...);
         the other keywords go to the model too.
     """
@@ -171,9 +174,11 @@ def guide_draws(model, guide, *args, num_samples: int = 4000, chunk: int = DEFAU
     sites = sites or model_sites(model, *args, **kwargs)
     per_draw = 8 * (sum(s.shape.numel() for s in sites.latent.values())
                     + sum(torch.Size(s).numel() for s in sites.deterministic.values())
-                    + sum(v.numel() for v in sites.observed.values())) if keep else 0
+                    + (sum(v.numel() for v in sites.observed.values()) if log_likelihood else 0)) if keep else 0
     # kept draws, plus the log weights and the copies Pareto smoothing makes of them
-    check_memory(num_samples * (per_draw + 6 * 8), f"{num_samples} draws of the guide")
+    check_memory(num_samples * (per_draw + 6 * 8), f"{num_samples} draws of the guide" + (
+        " with the pointwise log-likelihood of every observation (leave it out: --no-log-likelihood)"
+        if keep and log_likelihood and sites.observed else ""))
     chunk = fit_chunk(chunk, sites, f"{num_samples} draws of the guide")
     if seed is not None:
         pyro.set_rng_seed(seed)
@@ -191,7 +196,7 @@ def guide_draws(model, guide, *args, num_samples: int = 4000, chunk: int = DEFAU
                 raise _vectorization_error(exc, m, sites.max_plate_nesting) from exc
             log_w.append(w[:n].detach().double())
             if keep:
-                _collect(model_trace, sites, m, out, keep=n, latent=True)
+                _collect(model_trace, sites, m, out, keep=n, latent=True, log_likelihood=log_likelihood)
     return Draws(_numpy(out["latent"]), _numpy(out["deterministic"]), _numpy(out["log_likelihood"]),
                  torch.cat(log_w).numpy())
 

@@ -67,7 +67,7 @@ class GuideEvaluation:
 
 def evaluate_guide(model, guide, *args, fit=None, draws: int = 4000, elbo_samples: int = 100_000,
                    seed: int | None = None, sites=None, warn: bool = True, model_kwargs: dict | None = None,
-                   **kwargs) -> GuideEvaluation:
+                   log_likelihood: bool = True, **kwargs) -> GuideEvaluation:
     """Check a fitted ``guide`` of ``model(*args, **kwargs)`` (module docstring).
 
     :param fit: the :class:`~svilab.inference.svi.FitResult` (or the ``DivergenceError``) of its SVI
@@ -78,13 +78,15 @@ def evaluate_guide(model, guide, *args, fit=None, draws: int = 4000, elbo_sample
     :param sites: the model's :class:`~svilab.inference.sites.ModelSites` (None: read off a trace).
     :param warn: also issue each warning as a ``UserWarning``.
     :param model_kwargs: model keyword arguments whose names this function uses itself.
+    :param log_likelihood: keep the pointwise log-likelihood in the draws and the InferenceData (False for
+        data whose draws x observations would not fit in memory).
     """
     from svilab.inference.svi import DivergenceError
 
     mk = model_kwargs
     elbo = elbo_estimate(model, guide, *args, num_samples=elbo_samples, seed=seed, model_kwargs=mk, **kwargs)
     d = guide_draws(model, guide, *args, num_samples=draws, seed=None if seed is None else seed + 1, sites=sites,
-                    model_kwargs=mk, **kwargs)
+                    model_kwargs=mk, log_likelihood=log_likelihood, **kwargs)
     found = pareto_k_warnings(elbo.pareto_k) + importance_warnings(flat_draws(d.posterior), d.log_weights,
                                                                    elbo.pareto_k)
     if isinstance(fit, DivergenceError):
