@@ -63,10 +63,8 @@ def folder_bytes(path: Path) -> dict:
             if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def killed_and_resumed(tmp_path_factory):
-    """A sweep killed (SIGKILL) after its first finished trial, then resumed in this process."""
-    tmp = tmp_path_factory.mktemp("sweep")
+def _sweep_until_a_trial_finished(tmp: Path) -> tuple[subprocess.Popen, Path]:
+    """``svilab sweep SPEC`` started in its own process and session, returned once its first trial finished."""
     spec = tmp / "spec.toml"
     spec.write_text(SPEC)
     out = tmp / "sweep"
@@ -77,6 +75,15 @@ def killed_and_resumed(tmp_path_factory):
     while time.time() < deadline and not list(out.glob("trials/*/seed-*/trial.json")):
         assert proc.poll() is None, proc.stderr.read().decode()
         time.sleep(0.2)
+    return proc, out
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    """A sweep killed (SIGKILL) after its first finished trial, then resumed in this process."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    spec = tmp / "spec.toml"
+    proc, out = _sweep_until_a_trial_finished(tmp)
     proc.kill()
     proc.wait()
     finished_before = {p.parent: folder_bytes(p.parent) for p in out.glob("trials/*/seed-*/trial.json")}
@@ -224,16 +231,7 @@ def test_a_trial_whose_worker_dies_is_retried_then_recorded_as_failed(tmp_path, 
 def test_sigterm_stops_a_sweep_like_ctrl_c(tmp_path):
     """ray.init installs its own SIGTERM handlers (one prints a C++ stack dump and exits at once); the sweep puts
     svilab's back, so SIGTERM cancels the trials, shuts Ray down and says so, with the finished trials kept."""
-    spec = tmp_path / "spec.toml"
-    spec.write_text(SPEC)
-    out = tmp_path / "sweep"
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    proc = subprocess.Popen([sys.executable, "-m", "svilab", "sweep", str(spec), "--out", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(out.glob("trials/*/seed-*/trial.json")):
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.2)
+    proc, out = _sweep_until_a_trial_finished(tmp_path)
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1].decode()
     assert proc.returncode == 143, err
