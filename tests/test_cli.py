@@ -141,7 +141,7 @@ def test_posterior_json_keys_and_files(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["--guides", "iaf"], "unknown guide 'iaf'; known: normal, lognormal, gamma, mvn, flow"),
+    (["--guides", "iaf"], "unknown guide 'iaf'; known: normal, lognormal, gamma, mvn, lowrank, flow"),
     (["--loss", "kl"], "unknown loss 'kl'"),
     (["--loss", "gjs"], "is for the VAE"),
     (["--steps", "0"], "--steps must be >= 1"),

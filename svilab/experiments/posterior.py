@@ -216,6 +216,11 @@ def register(sub) -> None:
                         "every evaluation uses all rows")
     g.add_argument("--log-likelihood", action=argparse.BooleanOptionalAction, default=True,
                    help="keep the pointwise log-likelihood (draws x observations) in the draws and InferenceData")
+    g.add_argument("--pathfinder", action="store_true",
+                   help="--model only: also run multi-path Pathfinder (Zhang et al. 2022), a method in the table")
+    g.add_argument("--pathfinder-paths", type=int, default=4, help="Pathfinder's L-BFGS paths")
+    g.add_argument("--pathfinder-draws", type=int, default=20,
+                   help="draws per L-BFGS iterate for Pathfinder's ELBO (the paper's K)")
     g.add_argument("--nuts", action="store_true", help="also run NUTS (the MCMC reference)")
     g.add_argument("--loss", default="trace_elbo",
                    help=f"SVI objective, from: {', '.join(command_losses('posterior'))}")
@@ -260,7 +265,9 @@ def config_from_args(args: argparse.Namespace, model) -> PosteriorConfig:
         nuts=args.nuts, nuts_samples=args.nuts_samples, nuts_warmup=args.nuts_warmup, chains=args.chains,
         reference=args.reference, max_error=args.max_error, precondition=args.precondition,
         flow_hidden=getattr(args, "flow_hidden", None), flow_layers=getattr(args, "flow_layers", None),
-        batch_size=getattr(args, "batch_size", None), log_likelihood=getattr(args, "log_likelihood", True))
+        batch_size=getattr(args, "batch_size", None), log_likelihood=getattr(args, "log_likelihood", True),
+        pathfinder=getattr(args, "pathfinder", False), pathfinder_paths=getattr(args, "pathfinder_paths", 4),
+        pathfinder_draws=getattr(args, "pathfinder_draws", 20))
 
 
 @dataclass

@@ -62,6 +62,7 @@ class PosteriorConfig:
     :ivar batch_size: rows per SVI step of a ``--model`` that subsamples (passed as ``subsample_size``; None:
         all rows); every evaluation uses all rows (:mod:`svilab.inference.subsample`).
     :ivar log_likelihood: keep the pointwise log-likelihood in the draws and InferenceData.
+    :ivar pathfinder: also run multi-path Pathfinder (``--model``), with ``pathfinder_settings``.
     """
 
     guides: tuple[str, ...]
@@ -82,6 +83,8 @@ class PosteriorConfig:
     flow: dict = field(default_factory=lambda: {"hidden_dims": None, "num_transforms": 1})
     batch_size: int | None = None
     log_likelihood: bool = True
+    pathfinder: bool = False
+    pathfinder_settings: dict = field(default_factory=lambda: {"num_paths": 4, "draws_per_iter": 20})
 
     @classmethod
     def for_model(cls, model, *, guides=None, loss: str = "trace_elbo", alpha: float | None = None, seed: int = 0,
@@ -90,7 +93,8 @@ class PosteriorConfig:
                   nuts_samples: int = 500, nuts_warmup: int = 300, chains: int = 4, reference: str | None = None,
                   max_error: float = 0.5, precondition: bool = True, flow_hidden=None,
                   flow_layers: int | None = None, batch_size: int | None = None,
-                  log_likelihood: bool = True) -> PosteriorConfig:
+                  log_likelihood: bool = True, pathfinder: bool = False, pathfinder_paths: int = 4,
+                  pathfinder_draws: int = 20) -> PosteriorConfig:
         """The configuration for ``model`` (a ``PoissonGamma`` or a ``UserModel``) with these options,
         every default filled in and every option checked (the messages name the command-line option)."""
         from svilab.models.user import UserModel
@@ -119,6 +123,10 @@ class PosteriorConfig:
         check_memory(6 * 8 * elbo_samples, f"--elbo-samples {elbo_samples}")
         if (flow_hidden is not None or flow_layers is not None) and "flow" not in names:
             raise ValueError("--flow-hidden and --flow-layers shape the flow guide; --guides has no flow")
+        if pathfinder and not user:
+            raise ValueError("--pathfinder needs --model (the Poisson-Gamma model has its exact posterior)")
+        pf = {"num_paths": positive_int(pathfinder_paths, "--pathfinder-paths"),
+              "draws_per_iter": positive_int(pathfinder_draws, "--pathfinder-draws", minimum=2)}
         if batch_size is not None:
             if not user:
                 raise ValueError("--batch-size needs --model (a model that subsamples its data plate)")
@@ -135,13 +143,16 @@ class PosteriorConfig:
                            "warmup_steps": positive_int(nuts_warmup, "--nuts-warmup", minimum=0),
                            "num_chains": positive_int(chains, "--chains")},
             reference=reference, max_error=positive(max_error, "--max-error"), user=user, model=model.config(),
-            flow=flow, batch_size=batch_size, log_likelihood=bool(log_likelihood))
+            flow=flow, batch_size=batch_size, log_likelihood=bool(log_likelihood), pathfinder=bool(pathfinder),
+            pathfinder_settings=pf)
 
     def as_dict(self) -> dict:
         """``config.json``: the command, every setting and the model's configuration."""
         extra = {"reference": self.reference, "max_error": self.max_error, "init": self.init,
                  "precondition": self.precondition, "batch_size": self.batch_size,
-                 "log_likelihood": self.log_likelihood} if self.user else {"init": self.init}
+                 "log_likelihood": self.log_likelihood, "pathfinder": self.pathfinder,
+                 **({"pathfinder_settings": self.pathfinder_settings} if self.pathfinder else {})
+                 } if self.user else {"init": self.init}
         return {"command": "posterior", "guides": list(self.guides), "loss": self.loss, "alpha": self.alpha,
                 "seed": self.seed, **extra, "svi": self.svi, "draws": self.draws, "elbo_samples": self.elbo_samples,
                 "nuts": self.nuts, "nuts_settings": self.nuts_settings,
@@ -184,10 +195,12 @@ def fit_and_evaluate(model, guide, name: str, config: PosteriorConfig, cfg: dict
     return GuideFit(result, check.elbo, check.idata, check.warnings)
 
 
-def run_methods(config: PosteriorConfig, fit_one, nuts_one, reporter, describe_fit, describe_nuts):
+def run_methods(config: PosteriorConfig, fit_one, nuts_one, reporter, describe_fit, describe_nuts,
+                pathfinder_one=None, describe_pathfinder=None):
     """The loop both models share: fit every guide of ``config`` (``fit_one(name, schedule) ->
     (MethodResult, loss history)``), then NUTS when asked (``nuts_one() -> MethodResult``), one line
-    each (``describe_fit(name, schedule, method)``, ``describe_nuts(method)``).
+    each (``describe_fit(name, schedule, method)``, ``describe_nuts(method)``); Pathfinder likewise, first,
+    when the configuration asks for it.
 
     A guide whose fit cannot be evaluated (a ``ValueError`` other than the model's own vectorization
     error, e.g. parameters that ran away to invalid values under a huge ``--lr``) is left out with a
@@ -196,6 +209,15 @@ def run_methods(config: PosteriorConfig, fit_one, nuts_one, reporter, describe_f
     from svilab.inference.draws import VectorizationError
 
     methods, histories, failed = [], {}, {}
+    if getattr(config, "pathfinder", False) and pathfinder_one is not None:
+        try:
+            method = pathfinder_one()
+        except ValueError as exc:
+            failed["pathfinder"] = str(exc)
+            print(f"warning: pathfinder: left out of the comparison: {exc}", file=sys.stderr)
+        else:
+            methods.append(method)
+            reporter.say(describe_pathfinder(method))
     for name in config.guides:
         cfg = config.svi[name]
         try:

@@ -12,6 +12,7 @@ table, the JSON and stderr.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -145,10 +146,44 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: PosteriorConfig,
                           elbo_method=f"Monte Carlo (n={elbo.num_samples})", seconds=result.seconds,
                           pareto_k=elbo.pareto_k, warnings=f.warnings,
                           extra={"steps": result.steps_done, "particles": cfg["particles"], "lr": lr,
+                                 "gradient_evals": result.steps_done * cfg["particles"],
                                  "start": ("laplace, whitened" if whiten else "laplace") if use_laplace else
                                  ("uniform" if config.init == "laplace" else config.init),
                                  "final_loss": result.final_loss if len(result.history) else None})
     return method, result.history
+
+
+def run_user_pathfinder(um: UserModel, config: PosteriorConfig, sites) -> MethodResult:
+    """Multi-path Pathfinder (:mod:`svilab.inference.pathfinder`) on the user's model: its resampled draws as
+    the method's InferenceData, the ELBO of its best Gaussian from ``config.elbo_samples`` draws, the Pareto
+    k-hat of the pooled importance weights, and the gradient and density evaluations it cost."""
+    from svilab.inference.diagnostics import pareto_k_warnings
+    from svilab.inference.draws import replay_draws
+    from svilab.inference.pathfinder import pathfinder
+    from svilab.inference.potential import UnconstrainedTarget
+    from svilab.inference.summaries import draws_inference_data
+
+    target = UnconstrainedTarget(um.model, sites)
+    t0 = time.perf_counter()
+    s = config.pathfinder_settings
+    with model_errors("Pathfinder"):
+        r = pathfinder(target, num_paths=s["num_paths"], num_draws=config.draws, draws_per_iter=s["draws_per_iter"],
+                       seed=config.seed)
+        q = torch.distributions.MultivariateNormal(r.loc, r.cov)
+        g = torch.Generator().manual_seed(config.seed + 7)
+        n = config.elbo_samples
+        z = r.loc + torch.randn(n, target.dim, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(r.cov).T
+        w = torch.cat([target(z[i:i + target.max_batch].T) for i in range(0, n, target.max_batch)]) - q.log_prob(z)
+        draws = replay_draws(um.model, target.constrained(r.draws), sites=sites)
+        if not config.log_likelihood:
+            draws.log_likelihood = {}
+    idata = draws_inference_data(draws, sites, 1, "Pathfinder (multi-path, Pareto-smoothed importance resampling)")
+    return MethodResult("pathfinder", idata, elbo=float(w.mean()), elbo_se=float(w.std() / math.sqrt(n)),
+                        elbo_method=f"Monte Carlo of the best Gaussian (n={n})", seconds=time.perf_counter() - t0,
+                        pareto_k=r.pareto_k, warnings=pareto_k_warnings(r.pareto_k),
+                        extra={"gradient_evals": r.gradient_evals, "density_evals": r.density_evals + n,
+                               "paths": s["num_paths"], "usable": r.message, "iterations": r.iterations,
+                               "best_iteration": r.best_iteration})
 
 
 def run_user_nuts(um: UserModel, config: PosteriorConfig, sites, start=None) -> MethodResult:
@@ -269,7 +304,10 @@ def run_user(um: UserModel, config: PosteriorConfig, reporter: Reporter, referen
             lambda m: (f"NUTS: {n['num_chains']} chains x {n['num_samples']} draws in {m.seconds:.1f} s, "
                        f"{m.extra['divergences']} divergences, "
                        + (f"max R-hat {m.extra['max_r_hat']:.3f}" if m.extra["max_r_hat"] is not None
-                          else "no R-hat (one chain)")))
+                          else "no R-hat (one chain)")),
+            lambda: run_user_pathfinder(um, config, sites),
+            lambda m: (f"Pathfinder: {m.extra['usable']}, {m.extra['gradient_evals']} gradient evaluations, "
+                       f"{m.seconds:.2f} s: ELBO {m.elbo:.4f} +- {m.elbo_se:.4f}, Pareto k {m.pareto_k:.2f}"))
         if reference is not None:
             for m in methods:
                 m.warnings += reference_warnings(m.compare(reference), config.max_error)

@@ -53,6 +53,15 @@ class UnconstrainedTarget(Target):
         #: the largest batch evaluated at once (estimate() chunks by it)
         self.max_batch = max(256, MAX_CELLS // cells)
 
+    def constrained(self, zeta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The site values of points ``zeta`` of shape ``(n, D)``: ``{site: (n, *site shape)}``."""
+        n, values, start = zeta.shape[0], {}, 0
+        for name, t in self.transforms.items():
+            k = self.sizes[name]
+            values[name] = t(zeta[:, start:start + k].reshape((n,) + self.shapes[name]))
+            start += k
+        return values
+
     def _log_joint(self, z: torch.Tensor) -> torch.Tensor:
         batch = z.shape[1:]
         zeta = z.reshape(z.shape[0], -1).T                                     # (n, D)

@@ -210,7 +210,9 @@ def comparison_table(methods: Sequence[MethodResult], reference: Mapping[str, tu
                      = None, log_evidence: float | None = None, corr_pair: tuple[str, str] | None = None,
                      per_parameter: bool = True) -> pd.DataFrame:
     """One row per method: ELBO (and its se), KL = log p(x) - ELBO, Pareto k-hat where known, mean/sd of
-    each latent with their errors against ``reference``, ``corr(pair)``, seconds, warnings.
+    each latent with their errors against ``reference``, ``corr(pair)``, seconds, the gradient evaluations of
+    the log density where a method counted them (``extra["gradient_evals"]``: SVI steps x particles,
+    Pathfinder's L-BFGS path), warnings.
 
     :param reference: ``{name: (mean, sd)}`` or a :class:`~svilab.inference.reference.Reference` (e.g.
         read from reference draws); every name in it must be a parameter of some method.
@@ -247,6 +249,8 @@ def comparison_table(methods: Sequence[MethodResult], reference: Mapping[str, tu
         if corr_pair is not None:
             row[f"corr({corr_pair[0]}, {corr_pair[1]})"] = m.correlation(corr_pair)
         row["seconds"] = m.seconds
+        if any("gradient_evals" in x.extra for x in methods):
+            row["gradient evals"] = m.extra.get("gradient_evals")
         rows.append(row)
     table = pd.DataFrame(rows).set_index("method").astype(float)
     if any(m.warnings for m in methods):
