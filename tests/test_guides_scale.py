@@ -166,3 +166,14 @@ def test_draws_are_evaluated_in_chunks_the_memory_budget_allows(monkeypatch):
     with pytest.raises(ValueError, match=r"6 draws of the guide: the model evaluated on 2 draws at once "
                                          r"\(200,001 latent, deterministic and observed values per draw\) needs about"):
         guide_draws(model, guide, x, num_samples=6, seed=0, sites=sites)
+
+
+def test_nuts_samples_times_values_are_refused_with_the_amount(tmp_path, monkeypatch, capsys):
+    big = _write_big_model(tmp_path, 100_000)
+    monkeypatch.setenv("SVILAB_MEMORY_GB", "1")
+    out = tmp_path / "out"
+    assert main(["posterior", "--out", str(out), *big, "--guides", "lognormal", "--nuts", "--chains", "4",
+                 "--nuts-samples", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert "NUTS's --chains 4 x --nuts-samples 1000 draws of 100,001 latent, deterministic and pointwise " in err
+    assert not out.exists()

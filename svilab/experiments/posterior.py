@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyro
 import pyro.distributions as dist
+import torch
 
 from svilab.experiments.common import Reporter, add_model_args, add_run_args, model_from_args, run_folder
 from svilab.experiments.posterior_config import (
@@ -301,6 +302,15 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
             check_batch_size(config.batch_size, model.model, function=model.fn)
         check_particles(sites, most, "--particles")
+        if config.nuts:                      # the kept samples, replayed with every deterministic and log-lik value
+            from svilab.memory import check_memory
+
+            n = config.nuts_settings
+            values = (sites.latent_dim + sum(torch.Size(d).numel() for d in sites.deterministic.values())
+                      + (sum(v.numel() for v in sites.observed.values()) if config.log_likelihood else 0))
+            check_memory(2 * 8 * n["num_chains"] * n["num_samples"] * values,
+                         f"NUTS's --chains {n['num_chains']} x --nuts-samples {n['num_samples']} draws of {values:,} "
+                         "latent, deterministic and pointwise log-likelihood values")
         for g in config.guides:             # a guide that cannot hold this dimension: before any folder
             if g == "flow":
                 flow_hidden_dims(sites.latent_dim, config.flow["hidden_dims"])
