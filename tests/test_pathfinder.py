@@ -98,3 +98,28 @@ def test_the_command_line_method(tmp_path, capsys):
     assert (tmp_path / "run" / "inference_data" / "pathfinder.nc").exists()
     assert main(["posterior", "--pathfinder", "--out", str(tmp_path / "pg")]) == 2
     assert "--pathfinder needs --model" in capsys.readouterr().err
+
+
+def test_nuts_counts_its_gradient_evaluations(monkeypatch):
+    """Every leapfrog step of NUTS is one gradient; the count equals the calls of Pyro's integrator (counted
+    independently by wrapping it), warm-up included, over all chains."""
+    import pyro
+    import pyro.distributions as dist
+    import pyro.infer.mcmc.nuts as nuts_module
+
+    from svilab.inference.mcmc import run_nuts
+
+    calls = {"n": 0}
+    original = nuts_module.velocity_verlet
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(nuts_module, "velocity_verlet", counted)
+
+    def model():
+        pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    res = run_nuts(model, num_samples=30, warmup_steps=20, num_chains=2, seed=0, jit_compile=False, progress=False)
+    assert res.config["gradient_evals"] == calls["n"] >= 2 * 50

@@ -216,7 +216,7 @@ def nuts_method(res) -> MethodResult:
     divergences = int(idata.sample_stats["diverging"].values.sum())
     warns = mcmc_warnings(s, divergences, n["num_chains"], n["num_samples"])
     return MethodResult("nuts", idata, seconds=res.seconds, warnings=warns,
-                        extra={"divergences": divergences,
+                        extra={"divergences": divergences, "gradient_evals": n.get("gradient_evals"),
                                "max_r_hat": float(s["r_hat"].max()) if "r_hat" in s and n["num_chains"] > 1 else None,
                                "min_ess_bulk": float(s["ess_bulk"].min()) if "ess_bulk" in s else None})
 

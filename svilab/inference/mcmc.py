@@ -73,7 +73,18 @@ class _ProgressLines:
                                      f"{self.per_chain}")
 
 
-class _StartedNUTS(NUTS):
+class _CountingNUTS(NUTS):
+    """NUTS that counts its leapfrog steps, one gradient of the log density each (``gradient_evals``, the cost
+    measure the VI literature compares methods by): Pyro's ``_build_basetree`` takes one step per call."""
+
+    gradient_evals = 0
+
+    def _build_basetree(self, *args, **kwargs):
+        self.gradient_evals += 1
+        return super()._build_basetree(*args, **kwargs)
+
+
+class _StartedNUTS(_CountingNUTS):
     """NUTS whose dense mass matrix starts at a given covariance of the unconstrained latent vector
     (in the model's site order; Pyro keys the dense block by the sorted site names, so it is permuted
     here) instead of the identity: warm-up's first window then already moves along the posterior's
@@ -171,7 +182,7 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
                 starts[c][name] = pts[c, at:at + k].reshape(sh)
                 at += k
     if inverse_mass_matrix is None:
-        kernel = NUTS(model, max_plate_nesting=max_plate_nesting, **options)
+        kernel = _CountingNUTS(model, max_plate_nesting=max_plate_nesting, **options)
     else:
         order = [(n, math.prod(sh)) for n, sh in sites.unconstrained_shapes.items()]
         dim = sum(k for _, k in order)
@@ -203,6 +214,8 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
                        "mass_matrix_start": "identity" if inverse_mass_matrix is None else "given",
                        "initial_points": "init" if initial_points is None else "given",
                        "adapt_mass_matrix": bool(adapt_mass_matrix),
+                       # leapfrog steps of all chains (warm-up included); None where chains ran in other processes
+                       "gradient_evals": kernel.gradient_evals if chains == 1 else None,
                        "init": init if isinstance(init, str) else getattr(init, "__name__", repr(init))},
                       args, kwargs)
 
