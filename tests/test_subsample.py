@@ -98,3 +98,26 @@ def test_the_cli_refuses_before_any_folder(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and re.search(re.escape(msg), err), err
         assert not out.exists()
+
+
+def test_a_minibatch_run_from_the_laplace_start_steps_below_the_posterior_sds(tmp_path, capsys):
+    """With --batch-size, Adam's learning rate after a Laplace start is capped at a tenth of the smallest Laplace
+    sd (minibatch steps of the default 0.01 put a 2M-row fit 3.6 sds off); the ELBO is of every row."""
+    import json
+
+    from svilab.experiments.posterior_user import check_user_model, laplace_start
+
+    data = tmp_path / "d.json"
+    data.write_text('{"n": 4000, "p": 3, "seed": 1}')
+    um = load_user_model(EXAMPLE, data)
+    with float64_default():
+        _, approx = laplace_start(um, check_user_model(um))
+    cap = 0.1 * float(approx.cov.diagonal().sqrt().min())
+    assert cap < 0.01
+    argv = ["posterior", "--model", EXAMPLE, "--data", str(data), "--guides", "lognormal", "--batch-size", "200",
+            "--steps", "300", "--draws", "100", "--elbo-samples", "500", "--json", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    row = json.loads(capsys.readouterr().out)["methods"][0]
+    assert row["details"]["lr"] == pytest.approx(cap, rel=1e-9)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["batch_size"] == 200
