@@ -59,3 +59,15 @@ def test_pyro_guide_and_mcmc_internals():
     mcmc = pyro.infer.MCMC(pyro.infer.NUTS(model), num_samples=2, warmup_steps=2, disable_progbar=True)
     mcmc.run()
     assert mcmc._args == () and mcmc._kwargs == {}
+
+
+def test_nuts_base_tree_and_masked_distribution_internals():
+    """svilab/inference/mcmc.py overrides NUTS._build_basetree (one leapfrog step per call) to count gradients;
+    svilab/inference/iwae_elbo.py rebuilds a MaskedDistribution from its base and ``_mask`` for DReG."""
+    from pyro.distributions.torch_distribution import MaskedDistribution
+    from pyro.infer.mcmc import NUTS
+
+    params = list(inspect.signature(NUTS._build_basetree).parameters)
+    assert params[:3] == ["self", "z", "r"]
+    masked = dist.Normal(torch.zeros(3), 1.0).mask(torch.tensor([True, False, True]))
+    assert isinstance(masked, MaskedDistribution) and torch.equal(masked._mask, torch.tensor([True, False, True]))
