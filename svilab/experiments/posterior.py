@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyro
 import pyro.distributions as dist
-import torch
 
 from svilab.experiments.common import Reporter, add_model_args, add_run_args, model_from_args, run_folder
 from svilab.experiments.posterior_config import (
@@ -285,7 +284,7 @@ class Prepared:
 def prepare(args: argparse.Namespace) -> Prepared:
     """The model and configuration of the command line, every file and option checked (one-line
     ValueErrors naming the option or file); nothing is run and no folder is made."""
-    from svilab.guides.sizing import check_guide_memory, flow_hidden_dims
+    from svilab.guides.sizing import check_guide_memory
     from svilab.inference.sites import model_sites
     from svilab.memory import check_particles
 
@@ -306,14 +305,11 @@ def prepare(args: argparse.Namespace) -> Prepared:
             from svilab.memory import check_memory
 
             n = config.nuts_settings
-            values = (sites.latent_dim + sum(torch.Size(d).numel() for d in sites.deterministic.values())
-                      + (sum(v.numel() for v in sites.observed.values()) if config.log_likelihood else 0))
+            values = sites.values_per_draw(config.log_likelihood)
             check_memory(2 * 8 * n["num_chains"] * n["num_samples"] * values,
                          f"NUTS's --chains {n['num_chains']} x --nuts-samples {n['num_samples']} draws of {values:,} "
                          "latent, deterministic and pointwise log-likelihood values")
-        for g in config.guides:             # a guide that cannot hold this dimension: before any folder
-            if g == "flow":
-                flow_hidden_dims(sites.latent_dim, config.flow["hidden_dims"])
+        for g in config.guides:   # a guide that cannot hold this dimension (or a flow narrower than D)
             check_guide_memory(g, sites.latent_dim, config.svi[g]["particles"],
                                flow_hidden=config.flow["hidden_dims"], flow_layers=config.flow["num_transforms"])
         reference = read_reference(args.reference) if args.reference else None

@@ -163,7 +163,7 @@ def run_user_pathfinder(um: UserModel, config: PosteriorConfig, sites) -> Method
     k-hat of the pooled importance weights, and the gradient and density evaluations it cost."""
     from svilab.inference.diagnostics import pareto_k_warnings
     from svilab.inference.draws import replay_draws
-    from svilab.inference.pathfinder import pathfinder
+    from svilab.inference.pathfinder import log_density, pathfinder
     from svilab.inference.potential import UnconstrainedTarget
     from svilab.inference.summaries import draws_inference_data
 
@@ -177,7 +177,7 @@ def run_user_pathfinder(um: UserModel, config: PosteriorConfig, sites) -> Method
         g = torch.Generator().manual_seed(config.seed + 7)
         n = config.elbo_samples
         z = r.loc + torch.randn(n, target.dim, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(r.cov).T
-        w = torch.cat([target(z[i:i + target.max_batch].T) for i in range(0, n, target.max_batch)]) - q.log_prob(z)
+        w = log_density(target, z) - q.log_prob(z)
         draws = replay_draws(um.model, target.constrained(r.draws), sites=sites)
         if not config.log_likelihood:
             draws.log_likelihood = {}

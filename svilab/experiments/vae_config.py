@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from svilab.devices import check_device
 from svilab.inference.divergences import check_alpha
 from svilab.inference.losses import command_loss, command_losses
 from svilab.models.vae import VAEConfig, preset
@@ -149,8 +150,6 @@ class VAERunConfig:
                 raise ValueError(f"--particles is for the ELBO and gjs/dgjs; {loss} draws --k samples per image")
         if dreg and loss != "iwae":
             raise ValueError(f"--dreg is the doubly reparameterized gradient of iwae; {loss} has none")
-        from svilab.devices import check_device
-
         return cls(preset=preset_name, vae=cfg, loss=loss, alpha=alpha, beta=beta if gjs else 1.0,
                    learn_alpha=learn_alpha, k=k, dreg=bool(dreg), device=check_device(device),
                    epochs=positive_int(10 if epochs is None else epochs, "--epochs"), seed=seed,

@@ -55,11 +55,17 @@ def flow_hidden_dims(dim: int, hidden_dims=None) -> list[int]:
     return widths
 
 
+def spline_outputs(count_bins: int = 8) -> int:
+    """Outputs per dimension of a linear-order spline layer's autoregressive network (Pyro's
+    ``spline_autoregressive``: widths, heights, derivatives and the lambdas, ``4 * count_bins - 1``)."""
+    return 4 * int(count_bins) - 1
+
+
 def flow_parameter_count(dim: int, hidden_dims=None, num_transforms: int = 1, count_bins: int = 8) -> int:
     """Weights of :class:`~svilab.guides.flow.AutoFlow` at latent dimension ``dim`` (the spline layers'
-    autoregressive networks, ``4 * count_bins - 1`` outputs per dimension, and the affine layer)."""
+    autoregressive networks, :func:`spline_outputs` per dimension, and the affine layer)."""
     widths = flow_hidden_dims(dim, hidden_dims)
-    sizes = [dim, *widths, (4 * count_bins - 1) * dim]
+    sizes = [dim, *widths, spline_outputs(count_bins) * dim]
     network = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
     return int(num_transforms) * network + dim * dim + 2 * dim
 
@@ -82,7 +88,7 @@ def guide_memory_bytes(name: str, dim: int, particles: int = 1, itemsize: int = 
     elif name == "flow":
         params = flow_parameter_count(d, flow_hidden, flow_layers)
         widths = flow_hidden_dims(d, flow_hidden)
-        work = d * d + 3 * flow_layers * particles * (sum(widths) + 31 * d)
+        work = d * d + 3 * flow_layers * particles * (sum(widths) + spline_outputs() * d)
     elif name == "lowrank":
         params = d * (lowrank_rank(d) + 2)
         work = 2 * particles * lowrank_rank(d)

@@ -138,8 +138,7 @@ def fit_chunk(chunk: int, sites: ModelSites, what: str) -> int:
     budget shrinks gets other (equally valid) random draws."""
     from svilab.memory import SVI_FLOATS_PER_VALUE, memory_budget
 
-    values = (sites.latent_dim + sum(torch.Size(s).numel() for s in sites.deterministic.values())
-              + sum(v.numel() for v in sites.observed.values()))
+    values = sites.values_per_draw()
     per_draw = SVI_FLOATS_PER_VALUE * 8 * max(values, 1)
     fits = memory_budget() // per_draw
     if fits < 2:
@@ -172,9 +171,7 @@ def guide_draws(model, guide, *args, num_samples: int = 4000, chunk: int = DEFAU
     num_samples = positive_int(num_samples, "num_samples")
     chunk = max(2, positive_int(chunk, "chunk"))
     sites = sites or model_sites(model, *args, **kwargs)
-    per_draw = 8 * (sum(s.shape.numel() for s in sites.latent.values())
-                    + sum(torch.Size(s).numel() for s in sites.deterministic.values())
-                    + (sum(v.numel() for v in sites.observed.values()) if log_likelihood else 0)) if keep else 0
+    per_draw = 8 * sites.values_per_draw(log_likelihood) if keep else 0
     # kept draws, plus the log weights and the copies Pareto smoothing makes of them
     check_memory(num_samples * (per_draw + 6 * 8), f"{num_samples} draws of the guide" + (
         " with the pointwise log-likelihood of every observation (leave it out: --no-log-likelihood)"

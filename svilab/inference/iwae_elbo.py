@@ -49,7 +49,7 @@ import weakref
 
 import pyro.ops.jit
 import torch
-from pyro.distributions.torch_distribution import MaskedDistribution
+from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled
@@ -66,9 +66,8 @@ def _fixed_parameters(fn):
         return Independent(_fixed_parameters(fn.base_dist), fn.reinterpreted_batch_ndims)
     if isinstance(fn, MaskedDistribution):
         return MaskedDistribution(_fixed_parameters(fn.base_dist), fn._mask)
-    base = getattr(fn, "base_dist", None)
-    if base is not None and hasattr(fn, "_batch_shape") and type(fn).__name__ == "ExpandedDistribution":
-        return _fixed_parameters(base).expand(fn.batch_shape)
+    if isinstance(fn, ExpandedDistribution):
+        return _fixed_parameters(fn.base_dist).expand(fn.batch_shape)
     names = list(getattr(fn, "arg_constraints", {}))
     params = {n: fn.__dict__[n] for n in names if isinstance(fn.__dict__.get(n), torch.Tensor)}
     if not params:
@@ -117,9 +116,10 @@ class IWAE_ELBO(ELBO):
             check_if_enumerated(guide_trace)
         return model_trace, guide_trace
 
-    def _log_weights(self, model, guide, args, kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _log_weights(self, model, guide, args, kwargs, dreg: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(log w, log w with q's parameters fixed)``, each of shape ``(k, ...)`` broadcastable to the
-        sites' batch shapes (the plates common to all sites kept, the others summed)."""
+        sites' batch shapes (the plates common to all sites kept, the others summed); the second, and the
+        gradient hooks on the draws, only with ``dreg``."""
         model_trace, guide_trace = next(self._get_traces(model, guide, args, kwargs))
         sites = [s for s in [*model_trace.nodes.values(), *guide_trace.nodes.values()] if s["type"] == "sample"]
         sum_dims = get_dependent_plate_dims(sites)
@@ -141,7 +141,7 @@ class IWAE_ELBO(ELBO):
         for site in model_trace.nodes.values():
             if site["type"] == "sample":
                 log_w = log_w + per_item(site["log_prob"], site)
-        log_w_fixed = log_w if self.dreg else None
+        log_w_fixed = log_w if dreg else None
         for site in guide_trace.nodes.values():
             if site["type"] != "sample":
                 continue
@@ -149,10 +149,10 @@ class IWAE_ELBO(ELBO):
                 raise ValueError(f"IWAE_ELBO: guide site {site['name']!r} is not reparameterizable "
                                  f"({type(site['fn']).__name__}); the importance-weighted bound here needs rsample")
             log_w = log_w - per_item(site["log_prob"], site)
-            if self.dreg:
+            if dreg:
                 fixed = _fixed_parameters(site["fn"]).log_prob(site["value"])
                 log_w_fixed = log_w_fixed - per_item(fixed, site)
-        if self.dreg and self.num_particles > 1:               # with k = 1 every weight is 1
+        if dreg and self.num_particles > 1:               # with k = 1 every weight is 1
             weights = torch.softmax(log_w.detach(), dim=0)        # (k, ...), per item
             for site in guide_trace.nodes.values():
                 value = site["value"] if site["type"] == "sample" else None
@@ -164,7 +164,7 @@ class IWAE_ELBO(ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """``-sum_n L_k(x_n)`` as a tensor whose gradient is the IWAE gradient, or with ``dreg`` the
         DReG gradient for the guide (module docstring)."""
-        log_w, log_w_fixed = self._log_weights(model, guide, args, kwargs)
+        log_w, log_w_fixed = self._log_weights(model, guide, args, kwargs, dreg=self.dreg)
         bound = (torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
         if self.dreg:
             surrogate = (torch.softmax(log_w.detach(), dim=0) * log_w_fixed).sum()
@@ -176,7 +176,7 @@ class IWAE_ELBO(ELBO):
     def loss(self, model, guide, *args, **kwargs) -> float:
         """``-sum_n L_k(x_n)`` as a float."""
         with torch.no_grad():
-            log_w, _ = IWAE_ELBO._log_weights(self._no_dreg(), model, guide, args, kwargs)
+            log_w, _ = self._log_weights(model, guide, args, kwargs)
             return -float((torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum())
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
@@ -185,13 +185,6 @@ class IWAE_ELBO(ELBO):
         if loss.requires_grad:
             loss.backward()
         return float(loss.detach())
-
-    def _no_dreg(self) -> IWAE_ELBO:
-        if not self.dreg:
-            return self
-        plain = IWAE_ELBO.__new__(IWAE_ELBO)
-        plain.__dict__.update(self.__dict__, dreg=False)
-        return plain
 
 
 class JitIWAE_ELBO(_CompiledPerPair, IWAE_ELBO):

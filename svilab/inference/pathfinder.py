@@ -66,6 +66,14 @@ class PathfinderResult:
     message: str = ""
 
 
+def log_density(target, z: torch.Tensor) -> torch.Tensor:
+    """``log p`` of ``target`` at points ``z`` of shape ``(n, D)`` -> ``(n,)``, in batches of the target's
+    ``max_batch`` (bounded memory on a model with many observations), without gradient."""
+    batch = getattr(target, "max_batch", len(z))
+    with torch.no_grad():
+        return torch.cat([target(z[i:i + batch].T) for i in range(0, len(z), batch)])
+
+
 class _Counted:
     """``target`` with its density and gradient evaluations counted, and ``f, grad`` for SciPy."""
 
@@ -73,10 +81,9 @@ class _Counted:
         self.target, self.gradients, self.densities = target, 0, 0
 
     def log_p(self, z: torch.Tensor) -> torch.Tensor:
-        """``log p`` at ``z`` of shape ``(n, D)`` -> ``(n,)``."""
+        """:func:`log_density`, counted."""
         self.densities += z.shape[0]
-        with torch.no_grad():
-            return self.target(z.T)
+        return log_density(self.target, z)
 
     def f_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         self.gradients += 1
@@ -211,4 +218,4 @@ def pathfinder(target, num_paths: int = 4, num_draws: int = 1000, draws_per_iter
                             message=f"{len(usable)} of {num_paths} paths usable")
 
 
-__all__ = ["PathfinderResult", "inverse_hessians", "pathfinder"]
+__all__ = ["PathfinderResult", "inverse_hessians", "log_density", "pathfinder"]

@@ -60,6 +60,13 @@ class ModelSites:
         """Total number of scalar latent values (constrained space)."""
         return sum(s.shape.numel() for s in self.latent.values())
 
+    def values_per_draw(self, log_likelihood: bool = True) -> int:
+        """Scalars one posterior draw carries: every latent and deterministic value and, with
+        ``log_likelihood``, one pointwise log-likelihood per observed value (what draws and memory checks
+        count)."""
+        return (self.latent_dim + sum(torch.Size(d).numel() for d in self.deterministic.values())
+                + (sum(v.numel() for v in self.observed.values()) if log_likelihood else 0))
+
     @property
     def unconstrained_shapes(self) -> dict[str, tuple[int, ...]]:
         """Each latent site's shape on the unconstrained space (Pyro's ``biject_to(support)``), in site

@@ -42,13 +42,13 @@ class SubsampledPlate:
 def subsampled_plates(model, *args, **kwargs) -> list[SubsampledPlate]:
     """The subsampled plates of ``model(*args, **kwargs)``, from one trace (no gradient, every random number
     generator put back). A ValueError when a latent site sits inside one (module docstring)."""
-    trace = _trace(model, *args, **kwargs)
-    plates = []
-    for name, site in trace.nodes.items():
-        if site["type"] == "sample" and site_is_subsample(site):
-            size, sub = int(site["fn"].size), int(site["value"].numel())
-            if sub < size:
-                plates.append(SubsampledPlate(name, size, sub))
+    return _subsampled(_trace(model, *args, **kwargs))
+
+
+def _subsampled(trace) -> list[SubsampledPlate]:
+    plates = [SubsampledPlate(name, int(site["fn"].size), int(site["value"].numel()))
+              for name, site in trace.nodes.items()
+              if site["type"] == "sample" and site_is_subsample(site) and site["value"].numel() < site["fn"].size]
     names = {p.name for p in plates}
     for name, site in trace.nodes.items():
         if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
@@ -84,27 +84,18 @@ def check_batch_size(batch_size: int, model, *args, option: str = "--batch-size"
            "subsample_size=subsample_size), indexing the data with the plate's indices")
     if not takes_subsample_size(model if function is None else function):
         raise ValueError(f"{option}: the model function takes no subsample_size argument; {how}")
-    full = {p.name: p for p in _plates(model, *args, subsample_size=None, **kwargs)}
-    too_big = [p for p in full.values() if p.name in _names_using(model, args, kwargs) and b > p.size]
-    if too_big:
-        raise ValueError(f"{option} {b} is larger than the data: plate {too_big[0].name!r} has {too_big[0].size} rows")
-    plates = subsampled_plates(model, *args, subsample_size=b, **kwargs)
-    if not plates:
+    # one trace at 1 row (always valid; Pyro raises for a size above the rows): the plates that take the argument
+    trace = _trace(model, *args, subsample_size=1, **kwargs)
+    taking = [(name, int(site["fn"].size)) for name, site in trace.nodes.items()
+              if site["type"] == "sample" and site_is_subsample(site) and site["fn"].subsample_size == 1]
+    if not taking:
         raise ValueError(f"{option} {b}: no plate of the model took subsample_size={b} (every plate kept all its "
                          f"rows); {how}")
-    return plates
-
-
-def _plates(model, *args, **kwargs) -> list[SubsampledPlate]:
-    """Every sized plate of a trace (subsampled or not)."""
-    trace = _trace(model, *args, **kwargs)
-    return [SubsampledPlate(n, int(s["fn"].size), int(s["value"].numel())) for n, s in trace.nodes.items()
-            if s["type"] == "sample" and site_is_subsample(s)]
-
-
-def _names_using(model, args, kwargs) -> set[str]:
-    """The plates whose number of rows follows ``subsample_size`` (traced at 1 row)."""
-    return {p.name for p in _plates(model, *args, subsample_size=1, **kwargs) if p.subsample_size == 1 < p.size}
+    too_big = [(name, size) for name, size in taking if b > size]
+    if too_big:
+        raise ValueError(f"{option} {b} is larger than the data: plate {too_big[0][0]!r} has {too_big[0][1]} rows")
+    _subsampled(trace)                                             # no latent site inside them
+    return [SubsampledPlate(name, size, b) for name, size in taking if b < size]
 
 
 def _trace(model, *args, **kwargs):

@@ -152,7 +152,7 @@ def elbo(model, guide, x: torch.Tensor | None = None, samples: int = 1, batch: i
         q = vae.posterior(xb)
         z = q.rsample((samples,))                                   # (S, B, K)
         log_lik = vae.likelihood(vae.decode(z)).log_prob(xb).mean(0)  # (B,)
-        kl = kl_divergence(q, vae.prior(len(xb), xb.dtype))         # (B,), closed form
+        kl = kl_divergence(q, vae.prior(len(xb), xb.dtype, xb.device))   # (B,), closed form
         values.append(log_lik - kl)
     v = torch.cat(values).to(_acc_dtype(x.device))
     return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0

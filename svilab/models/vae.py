@@ -148,10 +148,10 @@ class VAE(PyroModule):
         return dist.Normal(out, self.config.sigma).to_event(1)
 
     def prior(self, batch: int, dtype=torch.float32, device=None) -> dist.Distribution:
-        r""":math:`p(z) = \mathcal N(0, I_K)` for ``batch`` images (event shape ``(K,)``), on ``device``
-        (None: the networks'): the one definition of the prior, used by the model and by the evaluation."""
+        r""":math:`p(z) = \mathcal N(0, I_K)` for ``batch`` images (event shape ``(K,)``), in the dtype and on
+        the device of the tensors it goes with: the one definition of the prior, used by the model and by the
+        evaluation."""
         k = self.config.latent_dim
-        device = self.decoder[0].weight.device if device is None else device
         zeros = torch.zeros(batch, k, dtype=dtype, device=device)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
@@ -171,7 +171,7 @@ class VAE(PyroModule):
         ``data``; the decoder's weights are Pyro parameters."""
         pyro.module("decoder", self.decoder)
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior(x.shape[0], x.dtype))
+            z = pyro.sample("z", self.prior(x.shape[0], x.dtype, x.device))
             pyro.sample("x", self.likelihood(self.decode(z)), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
@@ -188,7 +188,7 @@ class VAE(PyroModule):
     def log_joint_terms(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r""":math:`\log p(x \mid z)` and :math:`\log p(z)` for ``z`` of shape ``(S, B, K)`` -> ``(S, B)`` each."""
         log_lik = self.likelihood(self.decode(z)).log_prob(x)
-        log_prior = self.prior(z.shape[-2], z.dtype).log_prob(z)
+        log_prior = self.prior(z.shape[-2], z.dtype, z.device).log_prob(z)
         return log_lik, log_prior
 
 
