@@ -10,10 +10,10 @@ thread) and reports the median seconds per step and the peak resident memory:
   with every row per step, and with ``subsample_size=1000`` (Pyro's plate; ``svilab posterior --batch-size``).
 
 Prints one line per configuration and, per series, the slope of log(seconds) and log(memory above the
-baseline process) against log(size) between the two largest sizes (1: linear).
+smallest size's peak) against log(size) between the two largest sizes (1: linear).
 
-    python benchmarks/bench_scale.py [--dims 10 100 1000 10000 100000] [--rows 1000 10000 100000 1000000]
-        [--steps 20]
+    python benchmarks/bench_scale.py [--dims 10 100 1000 10000 100000] [--rows 1000 10000 100000 1000000 10000000]
+        [--steps 20] [--max-gb 8]
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import json
 import math
 import subprocess
 import sys
+
+from svilab.guides.sizing import guide_memory_bytes
 
 CHILD = r"""
 import json, resource, sys, time
@@ -69,12 +71,14 @@ def run(kind: str, size: int, guide: str, steps: int) -> dict:
 
 
 def slope(rows: list[tuple[int, dict]], key: str) -> str:
+    """log-log slope between the two largest sizes; memory above the smallest size's peak (the process and
+    one step's fixed cost), so that what grows with the size is measured."""
     ok = [(n, r) for n, r in rows if "error" not in r]
-    if len(ok) < 2:
+    if len(ok) < 3:
         return "n/a"
+    floor = ok[0][1][key] if key == "peak_mb" else 0.0
     (n1, r1), (n2, r2) = ok[-2], ok[-1]
-    a = r1[key] - (r1["base_mb"] if key == "peak_mb" else 0)
-    b = r2[key] - (r2["base_mb"] if key == "peak_mb" else 0)
+    a, b = r1[key] - floor, r2[key] - floor
     if a <= 0 or b <= 0:
         return "n/a"
     return f"{math.log(b / a) / math.log(n2 / n1):.2f}"
@@ -82,25 +86,27 @@ def slope(rows: list[tuple[int, dict]], key: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dims", type=int, nargs="+", default=[10, 100, 1000, 10_000, 100_000])
-    p.add_argument("--rows", type=int, nargs="+", default=[1000, 10_000, 100_000, 1_000_000])
+    p.add_argument("--dims", type=int, nargs="*", default=[10, 100, 1000, 10_000, 100_000])
+    p.add_argument("--rows", type=int, nargs="*", default=[1000, 10_000, 100_000, 1_000_000, 10_000_000])
     p.add_argument("--guides", nargs="+", default=["lognormal", "lowrank", "flow"])
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--max-gb", type=float, default=8.0, help="skip a guide whose estimated step exceeds this")
     args = p.parse_args()
     print(f"{'series':22s} {'size':>9s} {'s/step':>9s} {'peak MB':>9s}")
     for guide in args.guides:
         rows = []
         for d in args.dims:
-            if guide == "flow" and d > 10_000:
-                gb = 8 * d * d / 2**30
-                print(f"{'D, ' + guide:22s} {d:9d}   (skipped: the flow's D x D affine layer alone is {gb:.0f} GB)")
+            need = guide_memory_bytes(guide, d, particles=4)
+            if need > args.max_gb * 2**30:
+                print(f"{'D, ' + guide:22s} {d:9d}   (skipped: svilab's estimate for one step is "
+                      f"{need / 2**30:.0f} GB, over --max-gb {args.max_gb:g}; svilab refuses it up front)")
                 continue
             r = run("dim", d, guide, args.steps)
             rows.append((d, r))
             print(f"{'D, ' + guide:22s} {d:9d} " + (f"{r['seconds']:9.4f} {r['peak_mb']:9.0f}" if "error" not in r
                                                      else r["error"]), flush=True)
         print(f"  slope in D: time {slope(rows, 'seconds')}, memory {slope(rows, 'peak_mb')}")
-    for mode in ("full", "batch"):
+    for mode in ("full", "batch") if args.rows else ():
         rows = []
         for n in args.rows:
             r = run("rows", n, mode, args.steps)

@@ -125,3 +125,74 @@ def test_nuts_started_at_the_laplace_approximation():
         run_nuts(years_model, YEARS, Y, num_chains=2, initial_points=points[:, :2])
     with pytest.raises(ValueError, match="inverse_mass_matrix must be a finite 3 x 3 matrix"):
         run_nuts(years_model, YEARS, Y, num_chains=2, inverse_mass_matrix=torch.eye(2))
+
+
+class _Clock:
+    """A clock for svilab.inference.mcmc that advances one second per reading: the time limit then falls
+    at a known iteration (one reading per iteration), whatever the machine's speed."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def _normal2():
+    pyro.sample("a", dist.Normal(torch.zeros(2, dtype=torch.float64), torch.tensor([1.0, 0.1])).to_event(1))
+
+
+def test_nuts_time_limit_keeps_what_it_has(monkeypatch):
+    """--time-limit: stopped in chain 2 it keeps the finished chain; stopped in chain 1's sampling it keeps
+    that chain's draws, the same draws as the start of an unlimited run from the same seed; stopped in
+    warm-up it says there is nothing to keep."""
+    from svilab.inference import mcmc
+
+    full = mcmc.run_nuts(_normal2, num_samples=50, warmup_steps=20, num_chains=1, seed=0, progress=False,
+                         jit_compile=False)
+    assert full.config["stopped"] is None
+    reference = full.mcmc.get_samples()["a"]
+    monkeypatch.setattr(mcmc, "time", _Clock())
+    res = mcmc.run_nuts(_normal2, num_samples=50, warmup_steps=20, num_chains=3, seed=0, progress=False,
+                        jit_compile=False, time_limit=100)
+    st = res.config["stopped"]
+    assert (st["chain"], st["stage"], st["chains_finished"], res.config["num_chains"]) == (2, "sampling", 1, 1)
+    torch.testing.assert_close(res.mcmc.get_samples()["a"], reference, rtol=0, atol=0)
+    assert "stopped by the time limit (100 s)" in mcmc.stopped_text(st) and "kept the 1 finished chain" in \
+        mcmc.stopped_text(st)
+    monkeypatch.setattr(mcmc, "time", _Clock())
+    res = mcmc.run_nuts(_normal2, num_samples=50, warmup_steps=20, num_chains=3, seed=0, progress=False,
+                        jit_compile=False, time_limit=40)
+    kept = res.mcmc.get_samples(group_by_chain=True)["a"]
+    assert res.config["stopped"]["stage"] == "sampling" and kept.shape[:2] == (1, res.config["num_samples"])
+    assert 10 < kept.shape[1] < 50
+    torch.testing.assert_close(kept[0], reference[:kept.shape[1]], rtol=0, atol=0)
+    monkeypatch.setattr(mcmc, "time", _Clock())
+    with pytest.raises(ValueError, match="in chain 1's warmup, before any draw was kept"):
+        mcmc.run_nuts(_normal2, num_samples=50, warmup_steps=20, num_chains=2, seed=0, progress=False,
+                      jit_compile=False, time_limit=10)
+    with pytest.raises(ValueError, match="time_limit"):
+        mcmc.run_nuts(_normal2, num_chains=2, time_limit=0)
+
+
+def test_nuts_counts_iterations_at_the_maximum_tree_depth():
+    """With max_tree_depth 1 every iteration is one leapfrog step at the limit: the counts are exact (every
+    kept iteration a hit, one gradient per iteration). A posterior correlated 0.99999 with Pyro's depth 10:
+    iterations at the limit are counted within their gradient evaluations and warned about."""
+    from svilab.experiments.posterior_user import nuts_method
+    from svilab.inference.mcmc import run_nuts
+
+    res = run_nuts(_normal2, num_samples=6, warmup_steps=5, num_chains=2, seed=0, progress=False, max_tree_depth=1)
+    c = res.config
+    assert (c["tree_depth_hits"], c["kept_iterations"], c["gradient_evals"]) == (12, 12, 22)
+    cov = torch.tensor([[1.0, 0.99999], [0.99999, 1.0]], dtype=torch.float64)
+
+    def ridge():
+        pyro.sample("a", dist.MultivariateNormal(torch.zeros(2, dtype=torch.float64), cov))
+
+    res = run_nuts(ridge, num_samples=4, warmup_steps=10, num_chains=2, seed=0, progress=False, full_mass=False)
+    hits = res.config["tree_depth_hits"]
+    assert hits >= 1 and res.config["gradient_evals"] >= hits * 2 ** 9
+    warns = nuts_method(res).warnings
+    assert any(f"{hits} of 8 iterations hit the maximum tree depth 10" in w for w in warns), warns

@@ -466,6 +466,8 @@ def test_a_full_disk_or_a_removed_folder_is_one_line_and_leaves_no_half_file(tmp
     (["posterior", "--particles", "1000000000"], "--particles = 1000000000 (samples per SVI step, each of 12 latent"),
     (["vae", "train", "--hidden", "1000000000"], "2,370,000,000,794 weights) with --batch-size 50"),
     (["vae", "train", "--particles", "100000000"], "and --particles 100000000 needs about"),
+    (["posterior", "--time-limit", "60"], "--time-limit limits NUTS; give --nuts too"),
+    (["posterior", "--nuts", "--time-limit", "0"], "--time-limit must be a finite positive number"),
 ])
 def test_options_that_do_not_apply_or_cannot_work_are_refused(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "r")] if argv[0] != "--threads" else argv) == 2
@@ -498,14 +500,15 @@ def test_nuts_says_where_it_is_without_a_progress_bar(monkeypatch, capsys):
 
     from svilab.inference import mcmc
 
-    monkeypatch.setattr(mcmc._ProgressLines, "__init__", partialmethod(mcmc._ProgressLines.__init__, every=0.0))
+    monkeypatch.setattr(mcmc._Monitor, "__init__", partialmethod(mcmc._Monitor.__init__, every=0.0))
 
     def model():
         pyro.sample("x", dist.Normal(0.0, 1.0))
 
     mcmc.run_nuts(model, num_samples=20, warmup_steps=20, num_chains=2, seed=0, progress=False)
     err = capsys.readouterr().err
-    assert "NUTS chain 1/2: warmup 1/40" in err and "NUTS chain 2/2: sample 40/40" in err and "s left)" in err
+    assert "NUTS chain 1/2: warmup 1/40" in err and "NUTS chain 2/2: sampling 40/40" in err and "s left)" in err
+    assert "it/s, tree depth " in err and "iterations at the limit 10), 0 divergences" in err
 
 
 def test_estimates_that_lose_the_answer_are_refused_or_warned(tmp_path, capsys):

@@ -124,7 +124,8 @@ def run(model: PoissonGamma, config: PosteriorConfig, reporter: Reporter) -> Pos
     def nuts_one():
         n = config.nuts_settings
         res = run_nuts(model.model, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"],
-                       num_chains=n["num_chains"], seed=config.seed, init=config.init or "uniform")
+                       num_chains=n["num_chains"], seed=config.seed, init=config.init or "uniform",
+                       time_limit=n.get("time_limit"))
         return nuts_method(res)
 
     methods, histories, failed = run_methods(
@@ -237,6 +238,9 @@ def register(sub) -> None:
     g.add_argument("--nuts-samples", type=int, default=500, help="NUTS draws per chain")
     g.add_argument("--nuts-warmup", type=int, default=300, help="NUTS warm-up steps per chain")
     g.add_argument("--chains", type=int, default=4, help="NUTS chains")
+    g.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="stop NUTS after this many seconds and keep what it has: the chains that finished (or the "
+                        "first chain's draws so far), with a warning saying where it stopped")
     add_run_args(p)
     p.set_defaults(func=main)
 
@@ -267,7 +271,7 @@ def config_from_args(args: argparse.Namespace, model) -> PosteriorConfig:
         flow_hidden=getattr(args, "flow_hidden", None), flow_layers=getattr(args, "flow_layers", None),
         batch_size=getattr(args, "batch_size", None), log_likelihood=getattr(args, "log_likelihood", True),
         pathfinder=getattr(args, "pathfinder", False), pathfinder_paths=getattr(args, "pathfinder_paths", 4),
-        pathfinder_draws=getattr(args, "pathfinder_draws", 20))
+        pathfinder_draws=getattr(args, "pathfinder_draws", 20), time_limit=getattr(args, "time_limit", None))
 
 
 @dataclass

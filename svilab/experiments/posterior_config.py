@@ -56,7 +56,7 @@ class PosteriorConfig:
     :ivar init: the start (``laplace`` or an init strategy; None: each Poisson-Gamma guide's own).
     :ivar precondition: with a Laplace start, fit ``lognormal``, ``mvn`` and ``flow`` in the coordinates it
         whitens (:mod:`svilab.guides.whitened`).
-    :ivar nuts_settings: ``num_samples``, ``warmup_steps``, ``num_chains``.
+    :ivar nuts_settings: ``num_samples``, ``warmup_steps``, ``num_chains``, ``time_limit`` (seconds, or None).
     :ivar model: the model's own configuration (``model.config()``); ``user`` when it is a ``--model``.
     :ivar flow: the flow's ``hidden_dims`` (None: sized from the latent dimension) and ``num_transforms``.
     :ivar batch_size: rows per SVI step of a ``--model`` that subsamples (passed as ``subsample_size``; None:
@@ -75,7 +75,8 @@ class PosteriorConfig:
     draws: int = 4000
     elbo_samples: int = 100_000
     nuts: bool = False
-    nuts_settings: dict = field(default_factory=lambda: {"num_samples": 500, "warmup_steps": 300, "num_chains": 4})
+    nuts_settings: dict = field(default_factory=lambda: {"num_samples": 500, "warmup_steps": 300, "num_chains": 4,
+                                                                  "time_limit": None})
     reference: str | None = None
     max_error: float = 0.5
     user: bool = False
@@ -94,7 +95,7 @@ class PosteriorConfig:
                   max_error: float = 0.5, precondition: bool = True, flow_hidden=None,
                   flow_layers: int | None = None, batch_size: int | None = None,
                   log_likelihood: bool = True, pathfinder: bool = False, pathfinder_paths: int = 4,
-                  pathfinder_draws: int = 20) -> PosteriorConfig:
+                  pathfinder_draws: int = 20, time_limit: float | None = None) -> PosteriorConfig:
         """The configuration for ``model`` (a ``PoissonGamma`` or a ``UserModel``) with these options,
         every default filled in and every option checked (the messages name the command-line option)."""
         from svilab.models.user import UserModel
@@ -123,6 +124,10 @@ class PosteriorConfig:
         check_memory(6 * 8 * elbo_samples, f"--elbo-samples {elbo_samples}")
         if (flow_hidden is not None or flow_layers is not None) and "flow" not in names:
             raise ValueError("--flow-hidden and --flow-layers shape the flow guide; --guides has no flow")
+        if time_limit is not None:
+            if not nuts:
+                raise ValueError("--time-limit limits NUTS; give --nuts too")
+            time_limit = positive(time_limit, "--time-limit")
         if pathfinder and not user:
             raise ValueError("--pathfinder needs --model (the Poisson-Gamma model has its exact posterior)")
         pf = {"num_paths": positive_int(pathfinder_paths, "--pathfinder-paths"),
@@ -141,7 +146,7 @@ class PosteriorConfig:
             nuts=bool(nuts),
             nuts_settings={"num_samples": positive_int(nuts_samples, "--nuts-samples", minimum=4),   # R-hat
                            "warmup_steps": positive_int(nuts_warmup, "--nuts-warmup", minimum=0),
-                           "num_chains": positive_int(chains, "--chains")},
+                           "num_chains": positive_int(chains, "--chains"), "time_limit": time_limit},
             reference=reference, max_error=positive(max_error, "--max-error"), user=user, model=model.config(),
             flow=flow, batch_size=batch_size, log_likelihood=bool(log_likelihood), pathfinder=bool(pathfinder),
             pathfinder_settings=pf)

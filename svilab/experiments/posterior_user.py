@@ -32,7 +32,7 @@ from svilab.inference.diagnostics import (
 )
 from svilab.inference.draws import flat_draws
 from svilab.inference.losses import loss_spec
-from svilab.inference.mcmc import run_nuts
+from svilab.inference.mcmc import run_nuts, stopped_text
 from svilab.inference.reference import Reference, read_reference, worst_mean_error
 from svilab.inference.sites import model_sites
 from svilab.inference.summaries import (
@@ -208,7 +208,7 @@ def run_user_nuts(um: UserModel, config: PosteriorConfig, sites, start=None) -> 
     with model_errors("NUTS"):
         res = run_nuts(um.model, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"],
                        num_chains=n["num_chains"], seed=config.seed, init=init,
-                       max_plate_nesting=sites.max_plate_nesting, **extra)
+                       max_plate_nesting=sites.max_plate_nesting, time_limit=n.get("time_limit"), **extra)
     return nuts_method(res)
 
 
@@ -218,9 +218,13 @@ def nuts_method(res) -> MethodResult:
     idata = mcmc_inference_data(res)
     s = summary(idata)
     divergences = int(idata.sample_stats["diverging"].values.sum())
-    warns = mcmc_warnings(s, divergences, n["num_chains"], n["num_samples"])
+    warns = mcmc_warnings(s, divergences, n["num_chains"], n["num_samples"], n.get("tree_depth_hits"),
+                          n.get("kept_iterations"), n.get("max_tree_depth", 10))
+    if n.get("stopped"):
+        warns.insert(0, stopped_text(n["stopped"]))
     return MethodResult("nuts", idata, seconds=res.seconds, warnings=warns,
                         extra={"divergences": divergences, "gradient_evals": n.get("gradient_evals"),
+                               "tree_depth_hits": n.get("tree_depth_hits"), "stopped": n.get("stopped"),
                                "max_r_hat": float(s["r_hat"].max()) if "r_hat" in s and n["num_chains"] > 1 else None,
                                "min_ess_bulk": float(s["ess_bulk"].min()) if "ess_bulk" in s else None})
 

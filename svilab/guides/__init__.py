@@ -10,9 +10,9 @@ name           guide
 ``gamma``      :class:`MeanFieldGamma`: mean-field Gamma, hand-written (the CAVI family)
 ``mvn``        :class:`pyro.infer.autoguide.AutoMultivariateNormal`: full-rank Gaussian in the
                unconstrained space (memory D^2)
-``lowrank``    :class:`pyro.infer.autoguide.AutoLowRankMultivariateNormal`: Gaussian with a
-               covariance of rank round(sqrt(D)) plus a diagonal (memory D sqrt(D)): the correlated
-               guide for models with many latents
+``lowrank``    :class:`~svilab.guides.lowrank.AutoLowRank` (Pyro's ``AutoLowRankMultivariateNormal``):
+               Gaussian with a covariance of rank min(round(sqrt(D)), 32) plus a diagonal (time and
+               memory linear in D above 1024): the correlated guide for models with many latents
 ``flow``       :class:`AutoFlow`: a normalizing flow (autoregressive neural spline and a full-rank
                affine layer, an :class:`~pyro.infer.autoguide.AutoContinuous`) in the unconstrained space
 =============  ==================================================================================
@@ -68,9 +68,9 @@ def _auto_normal(model, **options):
 
 
 def _auto_lowrank(model, **options):
-    from pyro.infer.autoguide import AutoLowRankMultivariateNormal
+    from svilab.guides.lowrank import AutoLowRank
 
-    return AutoLowRankMultivariateNormal(model, **options)       # rank None: round(sqrt(D)), Pyro's default
+    return AutoLowRank(model, **options)          # rank None: sized from D (svilab.guides.sizing.lowrank_rank)
 
 
 def _auto_mvn(model, **options):
@@ -92,7 +92,7 @@ GUIDE_SPECS: dict[str, GuideSpec] = {s.name: s for s in (
     GuideSpec("mvn", "full-rank Gaussian in the unconstrained space (AutoMultivariateNormal)", _auto_mvn,
               init="median", jit=True, laplace=True,
               aliases=("fullrank", "automultivariatenormal")),
-    GuideSpec("lowrank", "low-rank-plus-diagonal Gaussian, rank round(sqrt(D)) (AutoLowRankMultivariateNormal)",
+    GuideSpec("lowrank", "low-rank-plus-diagonal Gaussian, rank min(round(sqrt(D)), 32) (AutoLowRankMultivariateNormal)",
               _auto_lowrank, init="median", jit=True, laplace=True, default=False,
               aliases=("lowrank_mvn", "autolowrankmultivariatenormal")),
     GuideSpec("flow", "normalizing flow: autoregressive neural spline + full-rank affine (AutoFlow)", AutoFlow,

@@ -13,7 +13,7 @@ times: value, gradient, Adam's two moments; plus what one step builds):
 
 =============  ======================================================================================
 ``lognormal``  :math:`O(D)`: 2D parameters
-``lowrank``    :math:`O(Dr)`: :math:`D(r + 2)` parameters, :math:`r = \mathrm{round}(\sqrt D)` (Pyro's
+``lowrank``    :math:`O(Dr)`: :math:`D(r + 2)` parameters, :math:`r = \min(\mathrm{round}(\sqrt D), 32)` (Pyro's
                ``AutoLowRankMultivariateNormal``; never a :math:`D \times D` matrix)
 ``mvn``        :math:`O(D^2)`: the :math:`D \times D` Cholesky factor, and the same again for each step's
                triangular products
@@ -31,6 +31,8 @@ import math
 #: the flow's smallest width, and the width beyond D above 100 dimensions
 FLOW_MIN_HIDDEN = 16
 FLOW_EXTRA_HIDDEN = 100
+#: the lowrank guide's largest default rank (reached at D = 1024)
+LOWRANK_MAX_RANK = 32
 #: copies of each parameter during training: value, gradient, Adam's two moments
 PARAM_COPIES = 4
 #: D x D float64 matrices the Laplace start holds at once (Hessian, precision, its scaled copy, Cholesky,
@@ -72,8 +74,9 @@ def flow_parameter_count(dim: int, hidden_dims=None, num_transforms: int = 1, co
 
 def lowrank_rank(dim: int) -> int:
     r"""The rank of the ``lowrank`` guide at dimension ``dim``: :math:`\mathrm{round}(\sqrt D)` (at least 1),
-    Pyro's default for ``AutoLowRankMultivariateNormal``."""
-    return max(1, int(round(math.sqrt(max(int(dim), 1)))))
+    Pyro's default for ``AutoLowRankMultivariateNormal``, up to :data:`LOWRANK_MAX_RANK` (a step costs
+    :math:`O(D r^2)`: the cap keeps it linear in D, :mod:`svilab.guides.lowrank`)."""
+    return min(LOWRANK_MAX_RANK, max(1, int(round(math.sqrt(max(int(dim), 1))))))
 
 
 def guide_memory_bytes(name: str, dim: int, particles: int = 1, itemsize: int = 8, flow_hidden=None,
@@ -119,5 +122,5 @@ def laplace_bytes(dim: int) -> int:
     return LAPLACE_MATRICES * 8 * max(int(dim), 1) ** 2
 
 
-__all__ = ["FLOW_EXTRA_HIDDEN", "FLOW_MIN_HIDDEN", "check_guide_memory", "flow_hidden_dims", "flow_parameter_count",
+__all__ = ["FLOW_EXTRA_HIDDEN", "FLOW_MIN_HIDDEN", "LOWRANK_MAX_RANK", "check_guide_memory", "flow_hidden_dims", "flow_parameter_count",
            "guide_memory_bytes", "laplace_bytes", "lowrank_rank"]

@@ -137,9 +137,16 @@ def convergence_warnings(history: np.ndarray, steps_done: int, tol: float = 0.01
             "(--steps, --lr)"]
 
 
-def mcmc_warnings(summary, divergences: int, num_chains: int, num_draws: int) -> list[str]:
-    """Warnings from ``az.summary`` (columns r_hat, ess_bulk, ess_tail) and the divergence count."""
+def mcmc_warnings(summary, divergences: int, num_chains: int, num_draws: int, depth_hits: int | None = None,
+                  iterations: int | None = None, max_tree_depth: int = 10) -> list[str]:
+    """Warnings from ``az.summary`` (columns r_hat, ess_bulk, ess_tail), the divergence count, and the kept
+    iterations whose tree reached ``max_tree_depth`` (``depth_hits`` of ``iterations``; Stan warns at any,
+    svilab above 1%: the chain then moves by random walk, the usual sign of a badly scaled posterior)."""
     out = []
+    if depth_hits and iterations and depth_hits > 0.01 * iterations:
+        out.append(f"{depth_hits} of {iterations} iterations hit the maximum tree depth {max_tree_depth}: the sampler "
+                   "moves by random walk, slowly (a badly scaled or strongly correlated posterior: centre and scale the "
+                   "predictors, or reparameterize)")
     if divergences:
         out.append(f"{divergences} divergent transitions out of {num_chains * num_draws}: the sampler did not "
                    "explore the posterior reliably (reparameterize, or raise the target acceptance)")
