@@ -42,7 +42,8 @@ def memory_budget() -> int:
     return avail // 2 if avail else 4 * 2**30
 
 
-def _fmt(n: float) -> str:
+def format_bytes(n: float) -> str:
+    """``n`` bytes in the largest unit that keeps a number >= 1 (kB, MB, GB, TB), three significant digits."""
     for unit, size in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20)):
         if n >= size:
             return f"{n / size:.3g} {unit}"
@@ -55,8 +56,8 @@ def check_memory(nbytes: float, what: str) -> None:
     budget = memory_budget()
     if nbytes > budget:
         source = f"{ENV}" if os.environ.get(ENV) else f"half the memory available now; set {ENV} to change it"
-        raise ValueError(f"{what} needs about {_fmt(nbytes)} of memory, more than svilab's budget of "
-                         f"{_fmt(budget)} ({source})")
+        raise ValueError(f"{what} needs about {format_bytes(nbytes)} of memory, more than svilab's budget of "
+                         f"{format_bytes(budget)} ({source})")
 
 
 #: peak bytes of one SVI step per particle and per latent or observed value, in floats of the data's size
@@ -74,4 +75,4 @@ def check_particles(sites, num_particles: int, what: str = "num_particles") -> N
                  f"{what} = {num_particles} (samples per SVI step, each of {values} latent and observed values)")
 
 
-__all__ = ["SVI_FLOATS_PER_VALUE", "available_bytes", "check_memory", "check_particles", "memory_budget"]
+__all__ = ["SVI_FLOATS_PER_VALUE", "available_bytes", "check_memory", "check_particles", "format_bytes", "memory_budget"]

@@ -205,3 +205,35 @@ def test_the_lowrank_guide_is_pyros_with_its_rank_capped():
     big = make_guide("lowrank", model_of(5000))
     big()
     assert big.rank == lowrank_rank(5000) == 32 and big.cov_factor.shape == (5000, 32)
+
+
+def test_a_log_likelihood_that_would_not_fit_is_left_out_with_a_warning(tmp_path, monkeypatch, capsys):
+    """5,000 observations x 300 draws of pointwise log-likelihood (about 12 MB) under a 4 MB budget: decided
+    before the fit, the InferenceData has no log_likelihood group, and the warning is on stderr, in
+    results.json and in config.json; with --no-log-likelihood there is no warning."""
+    import json
+
+    import arviz as az
+
+    f = tmp_path / "many.py"
+    f.write_text("import pyro, pyro.distributions as dist, torch\n\n"
+                 "def model(data):\n"
+                 "    mu = pyro.sample('mu', dist.Normal(0.0, 10.0))\n"
+                 "    with pyro.plate('rows', 5000):\n"
+                 "        pyro.sample('y', dist.Normal(mu, 1.0), obs=torch.linspace(-1.0, 3.0, 5000))\n")
+    (tmp_path / "d.json").write_text("{}")
+    monkeypatch.setenv("SVILAB_MEMORY_GB", str(4 / 1024))
+    argv = ["posterior", "--model", str(f), "--data", str(tmp_path / "d.json"), "--guides", "lognormal",
+            "--steps", "40", "--particles", "2", "--draws", "300", "--elbo-samples", "1000", "--json"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    captured = capsys.readouterr()
+    msg = "the pointwise log-likelihood (300 draws x 5,000 observations, about 11.5 MB with the draws) would not fit"
+    assert f"warning: {msg}" in captured.err
+    assert msg in json.loads(captured.out)["warnings"][0]
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["log_likelihood"] is False and msg in config["warnings"][0]
+    idata = az.from_netcdf(tmp_path / "a" / "inference_data" / "lognormal.nc")
+    assert "log_likelihood" not in idata.groups() and idata.posterior.sizes["draw"] == 300
+    assert main([*argv, "--no-log-likelihood", "--out", str(tmp_path / "b")]) == 0
+    captured = capsys.readouterr()
+    assert "pointwise log-likelihood" not in captured.err and "warnings" not in json.loads(captured.out)

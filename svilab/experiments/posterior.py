@@ -15,8 +15,10 @@ through :mod:`svilab.experiments.posterior_user`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyro
@@ -283,6 +285,8 @@ class Prepared:
     config: PosteriorConfig
     sites: object = None
     reference: object = None
+    #: run-level warnings decided before the run (the pointwise log-likelihood left out for memory)
+    warnings: list = field(default_factory=list)
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
@@ -305,6 +309,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
             check_batch_size(config.batch_size, model.model, function=model.fn)
         check_particles(sites, most, "--particles")
+        config, notes = _fit_log_likelihood(config, sites)
         if config.nuts:                      # the kept samples, replayed with every deterministic and log-lik value
             from svilab.memory import check_memory
 
@@ -319,7 +324,30 @@ def prepare(args: argparse.Namespace) -> Prepared:
         reference = read_reference(args.reference) if args.reference else None
         if reference is not None:
             reference.check_names(parameter_names(sites), f"reference file {args.reference}")
-    return Prepared(model, config, sites, reference)
+    return Prepared(model, config, sites, reference, notes)
+
+
+def _fit_log_likelihood(config: PosteriorConfig, sites) -> tuple[PosteriorConfig, list[str]]:
+    """The pointwise log-likelihood (draws x observations numbers, for LOO/WAIC) left out, with a warning,
+    where keeping it for the guides' --draws or NUTS's draws would not fit svilab's memory budget and
+    leaving it out would; ``--no-log-likelihood`` leaves it out by choice. Decided before anything runs."""
+    from svilab.inference.draws import draws_bytes
+    from svilab.memory import format_bytes, memory_budget
+
+    if not config.log_likelihood or not sites.observed:
+        return config, []
+    n = config.nuts_settings
+    kept = max([config.draws] + ([n["num_chains"] * n["num_samples"]] if config.nuts else []))
+    need = draws_bytes(kept, sites, True) + (8 * kept * sites.values_per_draw(True) if config.nuts else 0)
+    budget = memory_budget()
+    if need <= budget:
+        return config, []
+    observations = sum(v.numel() for v in sites.observed.values())
+    note = (f"the pointwise log-likelihood ({kept:,} draws x {observations:,} observations, about {format_bytes(need)} with "
+            f"the draws) would not fit svilab's memory budget of {format_bytes(budget)}: left out of the InferenceData "
+            "(no LOO/WAIC); fewer --draws/--nuts-samples keep it, --no-log-likelihood leaves it out without this "
+            "warning")
+    return dataclasses.replace(config, log_likelihood=False), [note]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -327,7 +355,9 @@ def main(args: argparse.Namespace) -> int:
     model, config = p.model, p.config
     reporter = Reporter(args.json)
     folder = run_folder(args, "posterior")
-    folder.write_config(config.as_dict())
+    folder.write_config({**config.as_dict(), **({"warnings": p.warnings} if p.warnings else {})})
+    for note in p.warnings:
+        print(f"warning: {note}", file=sys.stderr)
     t0 = time.perf_counter()
     if isinstance(model, UserModel):
         with float64_default():
@@ -336,6 +366,8 @@ def main(args: argparse.Namespace) -> int:
     else:
         results = write(run(model, config, reporter), folder, reporter)
     results["seconds"] = time.perf_counter() - t0
+    if p.warnings:
+        results["warnings"] = p.warnings
     folder.write_results(results)
     reporter.say(f"\nRun folder: {folder}")
     reporter.emit_json(results)

@@ -155,6 +155,14 @@ def _chunks(total: int, chunk: int):
         start += n
 
 
+def draws_bytes(num_samples: int, sites: ModelSites, log_likelihood: bool = True, keep: bool = True) -> int:
+    """Bytes :func:`guide_draws` holds for ``num_samples`` draws: the kept values (latent, deterministic and,
+    with ``log_likelihood``, one per observation: :meth:`ModelSites.values_per_draw`), the log weights and
+    the copies Pareto smoothing makes of them."""
+    per_draw = 8 * sites.values_per_draw(log_likelihood) if keep else 0
+    return int(num_samples) * (per_draw + 6 * 8)
+
+
 def guide_draws(model, guide, *args, num_samples: int = 4000, chunk: int = DEFAULT_CHUNK, seed: int | None = None,
                 sites: ModelSites | None = None, keep: bool = True, model_kwargs: dict | None = None,
                 log_likelihood: bool = True, **kwargs) -> Draws:
@@ -171,9 +179,7 @@ def guide_draws(model, guide, *args, num_samples: int = 4000, chunk: int = DEFAU
     num_samples = positive_int(num_samples, "num_samples")
     chunk = max(2, positive_int(chunk, "chunk"))
     sites = sites or model_sites(model, *args, **kwargs)
-    per_draw = 8 * sites.values_per_draw(log_likelihood) if keep else 0
-    # kept draws, plus the log weights and the copies Pareto smoothing makes of them
-    check_memory(num_samples * (per_draw + 6 * 8), f"{num_samples} draws of the guide" + (
+    check_memory(draws_bytes(num_samples, sites, log_likelihood, keep), f"{num_samples} draws of the guide" + (
         " with the pointwise log-likelihood of every observation (leave it out: --no-log-likelihood)"
         if keep and log_likelihood and sites.observed else ""))
     chunk = fit_chunk(chunk, sites, f"{num_samples} draws of the guide")
@@ -252,5 +258,5 @@ def flat_draws(arrays: Mapping[str, np.ndarray], one_based: bool = True) -> dict
     return out
 
 
-__all__ = ["Draws", "VectorizationError", "conditioned_trace", "fit_chunk", "flat_draws", "guide_draws",
+__all__ = ["Draws", "VectorizationError", "conditioned_trace", "draws_bytes", "fit_chunk", "flat_draws", "guide_draws",
            "importance_log_weights", "replay_draws"]
