@@ -196,3 +196,79 @@ def test_nuts_counts_iterations_at_the_maximum_tree_depth():
     assert hits >= 1 and res.config["gradient_evals"] >= hits * 2 ** 9
     warns = nuts_method(res).warnings
     assert any(f"{hits} of 8 iterations hit the maximum tree depth 10" in w for w in warns), warns
+
+
+def _hard():
+    """examples/hard and its exact.py module (the quadrature references)."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "examples" / "hard"))
+    try:
+        import exact
+    finally:
+        sys.path.pop(0)
+    return root / "examples" / "hard", exact
+
+
+def test_the_exact_references_agree_with_independent_computations():
+    """examples/hard/exact.py (quadrature over one scale): the years' (alpha, beta) equal the multivariate t
+    of the flat-prior analysis to 1e-5 relative; the centred eight schools equal posteriordb's reference draws
+    of the same posterior in its non-centred form within 4 Monte Carlo standard errors (10,000 draws, ESS
+    taken as 2,000 to be safe); the exact draws have the exact moments."""
+    import json
+    from pathlib import Path
+
+    _, hard = _hard()
+    m = hard.years().moments()
+    mean, sd, *_ = exact()
+    np.testing.assert_allclose([m["alpha"][0], m["beta"][0]], mean, rtol=1e-5)
+    np.testing.assert_allclose([m["alpha"][1], m["beta"][1]], sd, rtol=1e-4)
+    db = Path(__file__).resolve().parents[2] / "shared" / "posteriordb" / "eight_schools-eight_schools_noncentered"
+    if not db.exists():
+        pytest.skip("../shared/posteriordb is not beside the checkout")
+    ref = json.loads((db / "reference_draws.json").read_text())["draws"]
+    schools = hard.schools()
+    for name, (mu, s) in schools.moments().items():
+        assert abs(np.mean(ref[name]) - mu) < 4 * s / np.sqrt(2000), name
+        assert abs(np.std(ref[name]) / s - 1) < 0.1, name
+    draws = schools.draws(20_000, seed=1)
+    for name, (mu, s) in schools.moments().items():
+        assert abs(draws[name].mean() - mu) < 4 * s / np.sqrt(20_000), name
+
+
+@pytest.mark.parametrize("name", ["collinear", "eight_schools_centered"])
+def test_every_method_is_right_or_warned_on_the_hard_posteriors(name, tmp_path, capsys):
+    """The record of issue #18 on posteriors built here, against their exact draws (quadrature): a regression
+    with collinear columns (condition number 4e4) and the centred eight schools (a funnel). Every method is
+    within 0.3 exact sd on every mean or carries a warning; NUTS is within 0.1 sd on the regression. On the
+    funnel NUTS builds trees of depth 10 (70 ms an iteration) and runs under --time-limit 3: it stops and
+    says so (or, on a slow machine, is left out for having kept no draw). Small settings: the benchmark
+    (benchmarks/bench_hard_posteriors.py) runs the defaults."""
+    import json
+
+    from svilab.cli import main
+
+    folder, hard = _hard()
+    ref = hard.write_reference(name, tmp_path / "ref.json", n=20_000, seed=0)
+    nuts = (["--nuts-samples", "250", "--nuts-warmup", "150"] if name == "collinear" else
+            ["--nuts-samples", "100", "--nuts-warmup", "20", "--time-limit", "3"])
+    argv = ["posterior", "--model", str(folder / f"{name}.py"), "--data", str(folder / f"{name}.json"),
+            "--reference", str(ref), "--guides", "lognormal", "mvn", "--steps", "1000", "--particles", "8",
+            "--draws", "1000", "--elbo-samples", "2000", "--pathfinder", "--nuts", "--chains", "2", *nuts,
+            "--json", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    methods = {m["name"]: m for m in out["methods"]}
+    for m in methods.values():
+        limit = 0.1 if m["name"] == "nuts" else 0.3
+        assert m["max_abs_mean_error_sd"] <= limit or m["warnings"], (m["name"], m["max_abs_mean_error_sd"])
+    if name == "collinear":
+        assert set(methods) == {"pathfinder", "lognormal", "mvn", "nuts"}
+        assert methods["nuts"]["max_abs_mean_error_sd"] <= 0.1
+        assert methods["mvn"]["max_abs_mean_error_sd"] <= 0.3
+    elif "nuts" in methods:
+        assert "stopped by the time limit (3 s)" in methods["nuts"]["warnings"][0]
+    else:
+        assert "before any draw was kept" in next(f["error"] for f in out["failed"] if f["name"] == "nuts")

@@ -124,11 +124,17 @@ def laplace(target: UnconstrainedTarget, init: torch.Tensor, max_iter: int = 100
     opt = torch.optim.LBFGS([z], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
                             history_size=50, line_search_fn="strong_wolfe")
 
+    best = [-math.inf]
+
     def closure():
         opt.zero_grad()
-        loss = -target(z[:, None])[0]
+        try:
+            loss = -target(z[:, None])[0]
+        except (ValueError, RuntimeError) as exc:   # e.g. a scale that underflowed to 0: Pyro's validation
+            raise FloatingPointError from exc
         if not torch.isfinite(loss):
             raise FloatingPointError
+        best[0] = max(best[0], -float(loss.detach()))
         loss.backward()
         return loss
 
@@ -136,11 +142,13 @@ def laplace(target: UnconstrainedTarget, init: torch.Tensor, max_iter: int = 100
         with torch.enable_grad():
             opt.step(closure)
     except FloatingPointError:
-        return LaplaceApproximation(z.detach(), None, None, False, "the log density became non-finite during the "
-                                                                "mode search")
+        return LaplaceApproximation(z.detach(), None, None, False, _no_mode(target, z.detach(), best[0]))
     mode = z.detach()
     if target.dim <= newton_dim:
-        mode, value, grad, precision, decrement, iters = _newton(target, mode)
+        try:
+            mode, value, grad, precision, decrement, iters = _newton(target, mode)
+        except (ValueError, RuntimeError):
+            return LaplaceApproximation(mode, None, None, False, _no_mode(target, mode, best[0]))
     else:
         value, grad, hess = _hessian(target, mode)
         precision, iters = -hess, 0
@@ -171,6 +179,17 @@ def laplace(target: UnconstrainedTarget, init: torch.Tensor, max_iter: int = 100
     return LaplaceApproximation(mode, 0.5 * (cov + cov.T), precision, True,
                                 f"mode and Hessian found (Newton decrement {decrement:.1e} nats; condition number "
                                 f"{corr:.3g} after scaling, {raw:.3g} before)", value, raw)
+
+
+def _no_mode(target: UnconstrainedTarget, z: torch.Tensor, best: float) -> str:
+    """Why a mode search that left the region where the model can be evaluated failed, in numbers: the
+    coordinate furthest out and the log density reached before."""
+    names = getattr(target, "names", None) or [f"z[{i + 1}]" for i in range(target.dim)]
+    i = int(z.abs().argmax())
+    return (f"the mode search went where the log density is not finite (it had reached {best:.6g} and was rising; "
+            f"{names[i]} at {float(z[i]):.4g} on the unconstrained scale): the posterior has no mode in that "
+            "direction (a funnel, where the density grows without bound as a scale goes to 0: a non-centred "
+            "parameterisation has one; or an improper posterior)")
 
 
 def _condition(precision: torch.Tensor) -> float:
