@@ -75,4 +75,5 @@ def check_particles(sites, num_particles: int, what: str = "num_particles") -> N
                  f"{what} = {num_particles} (samples per SVI step, each of {values} latent and observed values)")
 
 
-__all__ = ["SVI_FLOATS_PER_VALUE", "available_bytes", "check_memory", "check_particles", "format_bytes", "memory_budget"]
+__all__ = ["SVI_FLOATS_PER_VALUE", "available_bytes", "check_memory", "check_particles", "format_bytes",
+           "memory_budget"]

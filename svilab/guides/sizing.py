@@ -122,5 +122,6 @@ def laplace_bytes(dim: int) -> int:
     return LAPLACE_MATRICES * 8 * max(int(dim), 1) ** 2
 
 
-__all__ = ["FLOW_EXTRA_HIDDEN", "FLOW_MIN_HIDDEN", "LOWRANK_MAX_RANK", "check_guide_memory", "flow_hidden_dims", "flow_parameter_count",
+__all__ = ["FLOW_EXTRA_HIDDEN", "FLOW_MIN_HIDDEN", "LOWRANK_MAX_RANK", "check_guide_memory", "flow_hidden_dims",
+           "flow_parameter_count",
            "guide_memory_bytes", "laplace_bytes", "lowrank_rank"]

@@ -145,8 +145,8 @@ def mcmc_warnings(summary, divergences: int, num_chains: int, num_draws: int, de
     out = []
     if depth_hits and iterations and depth_hits > 0.01 * iterations:
         out.append(f"{depth_hits} of {iterations} iterations hit the maximum tree depth {max_tree_depth}: the sampler "
-                   "moves by random walk, slowly (a badly scaled or strongly correlated posterior: centre and scale the "
-                   "predictors, or reparameterize)")
+                   "moves by random walk, slowly (a badly scaled or strongly correlated posterior: centre and scale "
+                   "the predictors, or reparameterize)")
     if divergences:
         out.append(f"{divergences} divergent transitions out of {num_chains * num_draws}: the sampler did not "
                    "explore the posterior reliably (reparameterize, or raise the target acceptance)")
