@@ -345,8 +345,8 @@ def _fit_log_likelihood(config: PosteriorConfig, sites) -> tuple[PosteriorConfig
     observations = sum(v.numel() for v in sites.observed.values())
     note = (f"the pointwise log-likelihood ({kept:,} draws x {observations:,} observations, about "
             f"{format_bytes(need)} with the draws) would not fit svilab's memory budget of {format_bytes(budget)}: "
-            "left out of the InferenceData (no LOO/WAIC); fewer --draws/--nuts-samples keep it, --no-log-likelihood leaves it out without this "
-            "warning")
+            "left out of the InferenceData (no LOO/WAIC); fewer --draws/--nuts-samples keep it, "
+            "--no-log-likelihood leaves it out without this warning")
     return dataclasses.replace(config, log_likelihood=False), [note]
 
 
