@@ -198,10 +198,12 @@ def register(sub) -> None:
                    help=f"guides to fit, from: {', '.join(GUIDES)} (default: all for the Poisson-Gamma model; "
                         f"{' '.join(default_guides(True))} for --model)")
     g.add_argument("--init", default=None, metavar="NAME",
-                   help=f"initial values, from: laplace, {', '.join(INIT_STRATEGIES)}. laplace (the default for "
-                        "--model): guides start at the Laplace approximation (L-BFGS mode and Hessian on the "
-                        "unconstrained space; Stan's uniform init where there is no usable mode) and NUTS from "
-                        "uniform, Stan's Uniform(-2, 2) on the unconstrained scale. Poisson-Gamma: each guide's own")
+                   help=f"initial values, from: laplace, pathfinder, {', '.join(INIT_STRATEGIES)}. laplace (the "
+                        "default for --model): guides start at the Laplace approximation (L-BFGS mode and Hessian on "
+                        "the unconstrained space; Stan's uniform init where there is no usable mode) and NUTS from "
+                        "it when it is badly conditioned, else from uniform, Stan's Uniform(-2, 2) on the "
+                        "unconstrained scale. pathfinder: the same from Pathfinder's best Gaussian (for posteriors "
+                        "without a mode, such as funnels). Poisson-Gamma: each guide's own")
     g.add_argument("--precondition", action=argparse.BooleanOptionalAction, default=True,
                    help="with --model and the Laplace start, when the Laplace precision's condition number is at "
                         "least 1000: fit lognormal, mvn and flow in the coordinates the Laplace covariance whitens, "

@@ -22,6 +22,8 @@ from svilab.validation import choice, positive, positive_int
 #: guide starts near the posterior and Adam's steps of ~lr per coordinate must stay below the
 #: posterior sds), larger from a random start (the guide must travel)
 USER_LR = {"laplace": 0.01, "other": 0.05}
+#: the starts that are a Gaussian approximation (the guides start or are whitened there, NUTS starts from it)
+GAUSSIAN_STARTS = ("laplace", "pathfinder")
 
 
 def default_guides(user: bool) -> list[str]:
@@ -53,7 +55,8 @@ class PosteriorConfig:
     :ivar guides: guides to fit, in order.
     :ivar svi: per guide its schedule ``{"steps", "particles", "lr"}`` (``lr`` None on a user's model:
         :data:`USER_LR` by the start).
-    :ivar init: the start (``laplace`` or an init strategy; None: each Poisson-Gamma guide's own).
+    :ivar init: the start (``laplace``, ``pathfinder`` or an init strategy; None: each Poisson-Gamma guide's
+        own).
     :ivar precondition: with a Laplace start, fit ``lognormal``, ``mvn`` and ``flow`` in the coordinates it
         whitens (:mod:`svilab.guides.whitened`).
     :ivar nuts_settings: ``num_samples``, ``warmup_steps``, ``num_chains``, ``time_limit`` (seconds, or None).
@@ -114,11 +117,12 @@ class PosteriorConfig:
         elif alpha is not None:
             raise ValueError(f"--alpha applies to --loss renyi only, not to {loss}")
         if init is not None:
-            init = choice(init, ["laplace", *INIT_STRATEGIES], "--init")
-            if init == "laplace" and not user:
-                raise ValueError("--init laplace needs --model (the Poisson-Gamma guides have their own starts)")
-        if not precondition and not (user and (init or "laplace") == "laplace"):
-            raise ValueError("--no-precondition applies to --model with the Laplace start (--init laplace)")
+            init = choice(init, [*GAUSSIAN_STARTS, *INIT_STRATEGIES], "--init")
+            if init in GAUSSIAN_STARTS and not user:
+                raise ValueError(f"--init {init} needs --model (the Poisson-Gamma guides have their own starts)")
+        if not precondition and not (user and (init or "laplace") in GAUSSIAN_STARTS):
+            raise ValueError("--no-precondition applies to --model with a Gaussian start (--init laplace or "
+                             "pathfinder)")
         if reference is not None and not user:
             raise ValueError("--reference needs --model (the Poisson-Gamma model is compared with its exact posterior)")
         check_memory(6 * 8 * elbo_samples, f"--elbo-samples {elbo_samples}")
@@ -252,5 +256,5 @@ def run_methods(config: PosteriorConfig, fit_one, nuts_one, reporter, describe_f
     return methods, histories, failed
 
 
-__all__ = ["USER_LR", "GuideFit", "PosteriorConfig", "default_guides", "fit_and_evaluate", "guide_options",
+__all__ = ["GAUSSIAN_STARTS", "USER_LR", "GuideFit", "PosteriorConfig", "default_guides", "fit_and_evaluate", "guide_options",
            "run_methods", "settings"]

@@ -22,7 +22,7 @@ import pyro
 import torch
 
 from svilab.experiments.common import Reporter
-from svilab.experiments.posterior_config import USER_LR, PosteriorConfig, fit_and_evaluate, guide_options, run_methods
+from svilab.experiments.posterior_config import GAUSSIAN_STARTS, USER_LR, PosteriorConfig, fit_and_evaluate, guide_options, run_methods
 from svilab.experiments.posterior_figures import figure_losses, figure_marginals_reference
 from svilab.experiments.runs import RunFolder
 from svilab.guides import guide_name, guide_spec, make_guide
@@ -82,7 +82,7 @@ def model_errors(what: str):
                          "its first runs passed)") from exc
 
 
-def laplace_start(um: UserModel, sites, reporter: Reporter | None = None):
+def laplace_start(um: UserModel, sites, reporter: Reporter | None = None, config: PosteriorConfig | None = None):
     """The Laplace approximation the guides start from (:mod:`svilab.inference.laplace`), found from the
     centre of the unconstrained space; ``ok`` False when there is no usable mode, or when its D x D matrices
     would not fit svilab's memory budget (:func:`svilab.guides.sizing.laplace_bytes`: then it is not tried)."""
@@ -115,14 +115,14 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: PosteriorConfig,
     ``start``: ``(target, LaplaceApproximation)`` from :func:`laplace_start` when ``config.init`` is
     ``laplace``; guides whose :class:`~svilab.guides.GuideSpec` has ``laplace`` start there when it is usable."""
     pyro.clear_param_store()
-    use_laplace = config.init == "laplace" and start is not None and start[1].ok and guide_spec(name).laplace
+    use_laplace = config.init in GAUSSIAN_STARTS and start is not None and start[1].ok and guide_spec(name).laplace
     whiten = use_laplace and preconditioned(config, start) and guide_name(name) in ("lognormal", "mvn", "flow")
     if whiten:
         from svilab.guides.whitened import whitened_guide
 
         guide = whitened_guide(name, um.model, start[1], **guide_options(name, config))
     else:
-        guide = make_guide(name, um.model, init="uniform" if config.init == "laplace" else config.init,
+        guide = make_guide(name, um.model, init="uniform" if config.init in GAUSSIAN_STARTS else config.init,
                            **guide_options(name, config))
     if use_laplace and not whiten:
         from svilab.inference.laplace import start_guide_at
@@ -151,10 +151,37 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: PosteriorConfig,
                           pareto_k=elbo.pareto_k, warnings=f.warnings,
                           extra={"steps": result.steps_done, "particles": cfg["particles"], "lr": lr,
                                  "gradient_evals": result.steps_done * cfg["particles"],
-                                 "start": ("laplace, whitened" if whiten else "laplace") if use_laplace else
-                                 ("uniform" if config.init == "laplace" else config.init),
+                                 "start": (f"{config.init}, whitened" if whiten else config.init) if use_laplace
+                                 else ("uniform" if config.init in GAUSSIAN_STARTS else config.init),
                                  "final_loss": result.final_loss if len(result.history) else None})
     return method, result.history
+
+
+def pathfinder_start(um: UserModel, sites, reporter: Reporter | None = None, config: PosteriorConfig | None = None):
+    """Pathfinder's best Gaussian (:mod:`svilab.inference.pathfinder`, ``config.pathfinder_settings``) as the
+    start, in the form of the Laplace start (:func:`laplace_start`): where the posterior has no mode (a
+    funnel) or its Hessian is not usable, a Gaussian fitted by its ELBO along the L-BFGS path still is."""
+    from svilab.inference.laplace import LaplaceApproximation, condition_number
+    from svilab.inference.pathfinder import pathfinder
+    from svilab.inference.potential import UnconstrainedTarget
+
+    target = UnconstrainedTarget(um.model, sites)
+    t0 = time.perf_counter()
+    s = config.pathfinder_settings if config is not None else {"num_paths": 4, "draws_per_iter": 20}
+    try:
+        r = pathfinder(target, num_paths=s["num_paths"], num_draws=100, draws_per_iter=s["draws_per_iter"],
+                       seed=config.seed if config is not None else 0)
+        precision = torch.cholesky_inverse(torch.linalg.cholesky(r.cov))
+        approx = LaplaceApproximation(
+            r.loc, r.cov, 0.5 * (precision + precision.T), True,
+            f"Pathfinder's best Gaussian ({r.message}, {r.gradient_evals} gradient evaluations; condition number "
+            f"{condition_number(precision):.3g})", r.elbo, condition_number(precision))
+    except (RuntimeError, ValueError) as exc:
+        approx = LaplaceApproximation(torch.zeros(target.dim), None, None, False, f"failed: {exc}")
+    if reporter is not None:
+        reporter.say(f"Pathfinder start: {approx.message} ({time.perf_counter() - t0:.2f} s)" if approx.ok else
+                     f"Pathfinder start not usable ({approx.message}): guides start from Stan's uniform init")
+    return target, approx
 
 
 def run_user_pathfinder(um: UserModel, config: PosteriorConfig, sites) -> MethodResult:
@@ -196,7 +223,7 @@ def run_user_nuts(um: UserModel, config: PosteriorConfig, sites, start=None) -> 
     warm-up (Pyro's re-estimate is shrunk towards 1e-3 I, which ruins posteriors with scales far below
     that); otherwise Stan's uniform init and the adapted mass matrix."""
     n = config.nuts_settings
-    init = "uniform" if config.init == "laplace" else config.init  # NUTS adapts from Stan's init
+    init = "uniform" if config.init in GAUSSIAN_STARTS else config.init  # NUTS adapts from Stan's init
     extra = {}
     if preconditioned(config, start):
         approx = start[1]
@@ -300,8 +327,9 @@ def run_user(um: UserModel, config: PosteriorConfig, reporter: Reporter, referen
                      + ", ".join(f"{k}{list(s.shape) if s.shape else ''}" for k, s in sites.latent.items())
                      + (f"; deterministic {', '.join(sites.deterministic)}" if sites.deterministic else "")
                      + f"; observed {', '.join(sites.observed) or 'none'}")
-        start = laplace_start(um, sites, reporter) if config.init == "laplace" and (
-            config.guides or (config.nuts and config.precondition)) else None
+        start = None
+        if config.init in GAUSSIAN_STARTS and (config.guides or (config.nuts and config.precondition)):
+            start = (laplace_start if config.init == "laplace" else pathfinder_start)(um, sites, reporter, config)
         n = config.nuts_settings
         methods, histories, failed = run_methods(
             config, lambda name, cfg: fit_user_guide(um, name, cfg, config, sites, start),

@@ -175,7 +175,7 @@ def laplace(target: UnconstrainedTarget, init: torch.Tensor, max_iter: int = 100
     cov = torch.cholesky_inverse(L) / d[:, None] / d[None, :]
     cond = torch.linalg.eigvalsh(precision / d[:, None] / d[None, :])
     corr = float(cond[-1] / cond[0])
-    raw = _condition(precision)
+    raw = condition_number(precision)
     return LaplaceApproximation(mode, 0.5 * (cov + cov.T), precision, True,
                                 f"mode and Hessian found (Newton decrement {decrement:.1e} nats; condition number "
                                 f"{corr:.3g} after scaling, {raw:.3g} before)", value, raw)
@@ -192,7 +192,9 @@ def _no_mode(target: UnconstrainedTarget, z: torch.Tensor, best: float) -> str:
             "parameterisation has one; or an improper posterior)")
 
 
-def _condition(precision: torch.Tensor) -> float:
+def condition_number(precision: torch.Tensor) -> float:
+    """The condition number of a symmetric positive definite matrix (largest over smallest eigenvalue; inf
+    when it is not positive definite): what whitening by the approximation removes."""
     eig = torch.linalg.eigvalsh(precision)
     return float(eig[-1] / eig[0]) if float(eig[0]) > 0 else math.inf
 
@@ -245,4 +247,4 @@ def start_guide_at(guide, approx: LaplaceApproximation, target: UnconstrainedTar
             raise ValueError(f"cannot start a {type(guide).__name__} at a Laplace approximation")
 
 
-__all__ = ["LaplaceApproximation", "laplace", "start_guide_at"]
+__all__ = ["LaplaceApproximation", "condition_number", "laplace", "start_guide_at"]
