@@ -22,7 +22,14 @@ import pyro
 import torch
 
 from svilab.experiments.common import Reporter
-from svilab.experiments.posterior_config import GAUSSIAN_STARTS, USER_LR, PosteriorConfig, fit_and_evaluate, guide_options, run_methods
+from svilab.experiments.posterior_config import (
+    GAUSSIAN_STARTS,
+    USER_LR,
+    PosteriorConfig,
+    fit_and_evaluate,
+    guide_options,
+    run_methods,
+)
 from svilab.experiments.posterior_figures import figure_losses, figure_marginals_reference
 from svilab.experiments.runs import RunFolder
 from svilab.guides import guide_name, guide_spec, make_guide
