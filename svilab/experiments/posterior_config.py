@@ -256,5 +256,6 @@ def run_methods(config: PosteriorConfig, fit_one, nuts_one, reporter, describe_f
     return methods, histories, failed
 
 
-__all__ = ["GAUSSIAN_STARTS", "USER_LR", "GuideFit", "PosteriorConfig", "default_guides", "fit_and_evaluate", "guide_options",
+__all__ = ["GAUSSIAN_STARTS", "USER_LR", "GuideFit", "PosteriorConfig", "default_guides", "fit_and_evaluate",
+           "guide_options",
            "run_methods", "settings"]
