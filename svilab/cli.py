@@ -145,14 +145,26 @@ def main(argv: list[str] | None = None, handle_signals: bool = True) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
     warnings.filterwarnings("ignore", message=".*torch.jit.trace.*is deprecated")  # Pyro's JIT ELBOs/NUTS
-    parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    threads, argv = _take_threads(argv)
-    args = parser.parse_args(argv)
-    if threads is None:
-        threads = args.threads
     previous = signal.signal(signal.SIGTERM, _on_sigterm) \
         if handle_signals and threading.current_thread() is threading.main_thread() else None
+    try:            # the commands' imports (torch, Pyro, ArviZ) take seconds: Ctrl-C there is one line too
+        parser = build_parser()
+    except (KeyboardInterrupt, Terminated) as exc:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"svilab: {what} while starting; nothing was written", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    argv = sys.argv[1:] if argv is None else list(argv)
+    threads, argv = _take_threads(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        raise
+    if threads is None:
+        threads = args.threads
     from svilab.experiments.runs import command_folders, set_command_line
 
     set_command_line(["svilab", *(sys.argv[1:] if argv is None else argv)])

@@ -548,6 +548,37 @@ def test_a_model_that_raises_for_some_values_is_named_not_a_traceback(tmp_path, 
            "too large for my solver" in err
 
 
+@pytest.mark.parametrize("command", ["elbo", "gradients"])
+def test_user_models_that_raise_or_do_not_vectorize_in_the_estimator_lab(command, tmp_path, capsys):
+    """elbo/gradients --model: a model that raises where mu > 1.5 (reached from --point 1.3,0.1) is one line
+    naming its error, rc 2 (was a traceback); X @ beta is one line saying how to vectorize, before any folder;
+    a model with one latent (two guide parameters) runs and draws its boxplots (was an IndexError)."""
+    head = "import torch, pyro, pyro.distributions as dist\n\ndef model(data):\n"
+    data = tmp_path / "d.json"
+    data.write_text('{"y": [0.1, 0.5, 1.2], "X": [[1.0, 0.2], [1.0, 0.5], [1.0, 0.9]]}')
+    models = {
+        "raising": "    mu = pyro.sample('mu', dist.Normal(0.0, 1.0))\n    if torch.any(mu > 1.5):\n"
+                   "        raise RuntimeError('mu too large for my solver')\n",
+        "matmul": "    X = torch.as_tensor(data['X'])\n"
+                  "    mu = pyro.sample('beta', dist.Normal(torch.zeros(2), 1.0).to_event(1))\n"
+                  "    mu = X @ mu\n",
+        "one": "    mu = pyro.sample('mu', dist.Normal(0.0, 1.0))\n"}
+    for name, body in models.items():
+        (tmp_path / f"{name}.py").write_text(head + body + "    with pyro.plate('d', 3):\n        pyro.sample("
+                                             "'y', dist.Normal(mu, 1.0), obs=torch.as_tensor(data['y']))\n")
+    small = ["--M", "5", "10", "--reps", "20"] + (["--estimators", "reparam", "score"] if command == "gradients" else [])
+    out = tmp_path / "out"
+    assert main([command, "--model", str(tmp_path / "raising.py"), "--data", str(data), "--point", "1.3,0.1",
+                 *small, "--out", str(out)]) == 2
+    _one_line_error(capsys, "the model raised RuntimeError: mu too large for my solver")
+    assert main([command, "--model", str(tmp_path / "matmul.py"), "--data", str(data), *small,
+                 "--out", str(out)]) == 2
+    _one_line_error(capsys, "could not be evaluated on 3 draws at once", "(X * beta).sum(-1) instead of X @ beta")
+    assert not out.exists()
+    assert main([command, "--model", str(tmp_path / "one.py"), "--data", str(data), *small, "--out", str(out)]) == 0
+    assert command == "elbo" or (out / "boxplots_reparam.png").exists()
+
+
 def test_svi_says_where_it_is_without_a_progress_bar(monkeypatch, capsys):
     import pyro.distributions as dist
 
@@ -564,3 +595,20 @@ def test_svi_says_where_it_is_without_a_progress_bar(monkeypatch, capsys):
     assert "SVI x: step 100/200, loss" in err and "SVI x: step 200/200" in err and "s left)" in err
     svilab.fit(model, svilab.make_guide("meanfield", model), steps=200, check_every=100, progress=False)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("sig, rc, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_while_the_command_starts_is_one_line(sig, rc, said, tmp_path):
+    """Ctrl-C or SIGTERM in the first seconds, while the commands import torch, Pyro and ArviZ: one line and
+    the usual exit status (was a traceback from inside torch's import and death by the signal)."""
+    import subprocess
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "svilab", "exact", "--out", str(tmp_path / "r")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    p.send_signal(sig)
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == rc and said in err and "Traceback" not in err, (p.returncode, err)
+    if "while starting" in err:        # on a machine that imports in under 0.5 s the command itself stopped
+        assert not (tmp_path / "r").exists()

@@ -11,6 +11,7 @@ configs directly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -23,6 +24,7 @@ import torch
 
 from svilab.experiments.common import Reporter, add_model_args, add_run_args, model_from_args, run_folder
 from svilab.experiments.runs import RunFolder
+from svilab.inference.draws import vectorization_error
 from svilab.inference.estimators import GRADIENT_ESTIMATORS, PARAM_NAMES, Target, estimate, get_estimator
 from svilab.inference.estimators.reference import REFERENCE_SAMPLES, reference_gradient
 from svilab.models.poisson_gamma import PoissonGamma
@@ -69,7 +71,14 @@ def user_target_and_point(um, point_text: str | None):
     from svilab.experiments.posterior_user import check_user_model
     from svilab.inference.potential import UnconstrainedTarget
 
-    target = UnconstrainedTarget(um.model, check_user_model(um))
+    sites = check_user_model(um)
+    target = UnconstrainedTarget(um.model, sites)
+    try:                                   # the estimators evaluate the model on many draws at once
+        with torch.no_grad():
+            target(torch.zeros(target.dim, 3, dtype=torch.float64))
+    except Exception as exc:  # noqa: BLE001 - the user's code: one line naming the file
+        raise vectorization_error(exc, 3, sites.max_plate_nesting,
+                                  f"model {um.path}:{um.func}") from None
     if point_text is None:
         point = tuple(v for _ in range(target.dim) for v in (0.0, 0.1))
     else:
@@ -366,9 +375,10 @@ MAX_FIGURE_PARAMS = 8
 
 def _boxplots(name, Ms, draws, exact_grad, reps, names=PARAM_NAMES, label="exact gradient"):
     shown = list(names)[:MAX_FIGURE_PARAMS]
-    cols = 2
-    rows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(12, 4.5 * rows), squeeze=False)
+    latents = math.ceil(len(shown) / 2)                    # (loc, scale) per latent
+    cols = min(2, latents)
+    rows = 2 * math.ceil(latents / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.5 * rows), squeeze=False)
     # the notebook's arrangement: each latent's loc above its scale, one latent per column
     layout = {k: ((k % 2) + 2 * (k // 4), (k // 2) % 2) for k in range(len(shown))}
     for k, pname in enumerate(shown):
@@ -511,21 +521,24 @@ def prepare(args, command: str):
 
 
 def _main(args, command: str) -> int:
-    """Shared body of both commands: config, model, lab, run folder, run, write, JSON."""
-    from svilab.models.user import float64_default
+    """Shared body of both commands: config, model, lab, run folder, run, write, JSON. An exception a user's
+    model raises for some draws only (its first runs passed) is one line naming it, not a traceback."""
+    from svilab.experiments.posterior_user import model_errors
+    from svilab.models.user import UserModel, float64_default
 
     config, model = prepare(args, command)
     reporter = Reporter(args.json)
+    user = isinstance(model, UserModel)
     with float64_default():
-        lab = make_lab(model, config, args.point)
+        with model_errors(f"--model {model.path}:{model.func}") if user else contextlib.nullcontext():
+            lab = make_lab(model, config, args.point)
         config = replace(config, family=lab.family, point=lab.point)
         folder = run_folder(args, command)
         folder.write_config({"command": command, **config.as_dict(), "exact_method": lab.exact_method,
                              **model.config()})
-        if command == "elbo":
-            res = write_elbo(run_elbo(lab, config), folder, reporter)
-        else:
-            res = write_gradients(run_gradients(lab, config), folder, reporter)
+        with model_errors(f"--model {model.path}:{model.func}") if user else contextlib.nullcontext():
+            result = run_elbo(lab, config) if command == "elbo" else run_gradients(lab, config)
+        res = (write_elbo if command == "elbo" else write_gradients)(result, folder, reporter)
     folder.write_results(res)
     reporter.say(f"\nRun folder: {folder}")
     reporter.emit_json(res)

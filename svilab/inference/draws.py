@@ -76,11 +76,14 @@ def _strip(value: torch.Tensor, n: int, shape: tuple[int, ...], name: str) -> to
 _SHAPE_WORDS = ("size of tensor", "shape", "broadcast", "dimension", "mat1 and mat2", "index", "packing tensors")
 
 
-def _vectorization_error(exc: Exception, n: int, nesting: int) -> ValueError:
-    """A shape error means the model does not vectorize; anything else (invalid distribution
-    parameters, NaN) is reported as what it is."""
+def vectorization_error(exc: Exception, n: int, nesting: int, what: str | None = None) -> ValueError:
+    """A shape error means the model does not vectorize (a :class:`VectorizationError` saying how to write it);
+    anything else (invalid distribution parameters, NaN, the model's own exception) is reported as what it
+    is. ``what`` names the model where it was run on ``n`` draws before any fit (then no fit is to blame)."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     invalid = "constraint" in str(exc) or first.startswith("Expected parameter")   # torch's invalid-argument error
+    if what is not None and (invalid or not any(w in first.lower() for w in _SHAPE_WORDS)):
+        return ValueError(f"{what}: evaluating it on {n} draws at once failed: {type(exc).__name__}: {first}")
     if "allocate" in first.lower():
         return VectorizationError(
             f"the model asked for more memory than there is when evaluated on {n} draws at once (a particle plate "
@@ -93,7 +96,7 @@ def _vectorization_error(exc: Exception, n: int, nesting: int) -> ValueError:
     return VectorizationError(
         f"the model could not be evaluated on {n} draws at once (a particle plate at dim {-(nesting + 1)}): "
         "write it so that latent values may carry extra batch dims on the left, e.g. (X * beta).sum(-1) "
-        f"instead of X @ beta, and put data-sized sites in pyro.plate; the error was: {exc}")
+        f"instead of X @ beta, and put data-sized sites in pyro.plate; the error was: {first}")
 
 
 def _collect(model_trace, sites: ModelSites, n: int, out: dict[str, dict[str, list]], keep: int | None = None,
@@ -196,7 +199,7 @@ def guide_draws(model, guide, *args, num_samples: int = 4000, chunk: int = DEFAU
             except VectorizationError:
                 raise
             except (RuntimeError, ValueError, IndexError) as exc:
-                raise _vectorization_error(exc, m, sites.max_plate_nesting) from exc
+                raise vectorization_error(exc, m, sites.max_plate_nesting) from exc
             log_w.append(w[:n].detach().double())
             if keep:
                 _collect(model_trace, sites, m, out, keep=n, latent=True, log_likelihood=log_likelihood)
@@ -227,7 +230,7 @@ def replay_draws(model, samples: Mapping[str, np.ndarray | torch.Tensor], *args,
             except VectorizationError:
                 raise
             except (RuntimeError, ValueError, IndexError) as exc:
-                raise _vectorization_error(exc, n, nesting) from exc
+                raise vectorization_error(exc, n, nesting) from exc
     latent = {k: v.detach().to(torch.float64).numpy() for k, v in tensors.items()}
     return Draws(latent, _numpy(out["deterministic"]), _numpy(out["log_likelihood"]))
 
@@ -258,5 +261,5 @@ def flat_draws(arrays: Mapping[str, np.ndarray], one_based: bool = True) -> dict
     return out
 
 
-__all__ = ["Draws", "VectorizationError", "conditioned_trace", "draws_bytes", "fit_chunk", "flat_draws", "guide_draws",
+__all__ = ["Draws", "VectorizationError", "conditioned_trace", "draws_bytes", "vectorization_error", "fit_chunk", "flat_draws", "guide_draws",
            "importance_log_weights", "replay_draws"]
