@@ -566,7 +566,8 @@ def test_user_models_that_raise_or_do_not_vectorize_in_the_estimator_lab(command
     for name, body in models.items():
         (tmp_path / f"{name}.py").write_text(head + body + "    with pyro.plate('d', 3):\n        pyro.sample("
                                              "'y', dist.Normal(mu, 1.0), obs=torch.as_tensor(data['y']))\n")
-    small = ["--M", "5", "10", "--reps", "20"] + (["--estimators", "reparam", "score"] if command == "gradients" else [])
+    small = ["--M", "5", "10", "--reps", "20"]
+    small += ["--estimators", "reparam", "score"] if command == "gradients" else []
     out = tmp_path / "out"
     assert main([command, "--model", str(tmp_path / "raising.py"), "--data", str(data), "--point", "1.3,0.1",
                  *small, "--out", str(out)]) == 2

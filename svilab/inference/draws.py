@@ -261,5 +261,5 @@ def flat_draws(arrays: Mapping[str, np.ndarray], one_based: bool = True) -> dict
     return out
 
 
-__all__ = ["Draws", "VectorizationError", "conditioned_trace", "draws_bytes", "vectorization_error", "fit_chunk", "flat_draws", "guide_draws",
-           "importance_log_weights", "replay_draws"]
+__all__ = ["Draws", "VectorizationError", "conditioned_trace", "draws_bytes", "fit_chunk", "flat_draws", "guide_draws",
+           "importance_log_weights", "replay_draws", "vectorization_error"]
