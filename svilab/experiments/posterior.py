@@ -25,6 +25,7 @@ import pyro
 import pyro.distributions as dist
 
 from svilab.experiments.common import Reporter, add_model_args, add_run_args, model_from_args, run_folder
+from svilab.experiments.loss_choice import command_losses
 from svilab.experiments.posterior_config import (
     USER_LR,
     PosteriorConfig,
@@ -49,7 +50,7 @@ from svilab.inference.cavi import CAVIResult, GammaFactor, cavi
 from svilab.inference.cavi import elbo as gamma_elbo
 from svilab.inference.exact import ExactPosterior
 from svilab.inference.init import INIT_STRATEGIES
-from svilab.inference.losses import LOSSES, command_losses, loss_spec
+from svilab.inference.losses import LOSSES, loss_spec
 from svilab.inference.mcmc import run_nuts
 from svilab.inference.reference import read_reference
 from svilab.inference.summaries import (

@@ -12,9 +12,9 @@ import math
 import sys
 from dataclasses import dataclass, field
 
+from svilab.experiments.loss_choice import command_loss
 from svilab.guides import GUIDE_SPECS, guide_name, guide_spec
 from svilab.inference.init import INIT_STRATEGIES
-from svilab.inference.losses import command_loss
 from svilab.memory import check_memory
 from svilab.validation import choice, positive, positive_int
 

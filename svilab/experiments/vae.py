@@ -22,12 +22,13 @@ import torch
 from svilab.data.mnist import MNISTData, load_mnist
 from svilab.devices import resolve_device
 from svilab.experiments.common import Reporter
+from svilab.experiments.loss_choice import command_loss
 from svilab.experiments.runs import RunFolder, lock_holder, read_status
 from svilab.experiments.vae_config import VAE_LOSSES, VAERunConfig, absolute, parse_alpha, time_limit, vae_loss
 from svilab.experiments.vae_figures import label as _label
 from svilab.experiments.vae_figures import save_figures
 from svilab.inference import vae_eval
-from svilab.inference.losses import command_loss, make_loss
+from svilab.inference.losses import make_loss
 from svilab.inference.optim import GuardedAdam
 from svilab.inference.svi import DivergenceError
 from svilab.inference.vae_training import TrainingResult, save_checkpoint, train_vae

@@ -13,19 +13,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from svilab.devices import check_device
+from svilab.experiments.loss_choice import command_loss, command_losses
 from svilab.inference.divergences import check_alpha
-from svilab.inference.losses import command_loss, command_losses
 from svilab.models.vae import VAEConfig, preset
 from svilab.validation import positive_int
 
-#: the objectives ``svilab vae`` trains (:func:`svilab.inference.losses.command_losses`)
+#: the objectives ``svilab vae`` trains (:func:`svilab.experiments.loss_choice.command_losses`)
 VAE_LOSSES = tuple(command_losses("vae"))
 
 
 def vae_loss(name: str) -> str:
     """The objective ``name`` stands for in the VAE: ``elbo``, ``gjs`` or ``dgjs``; every estimator of
     the ELBO (``trace_elbo``, ``meanfield_elbo``) is ``elbo``, trained with its analytic KL
-    (:func:`svilab.inference.losses.command_loss`)."""
+    (:func:`svilab.experiments.loss_choice.command_loss`)."""
     return command_loss(name, "vae").objective
 
 

@@ -19,9 +19,8 @@ name               objective (minimised as a loss)
 
 Every loss is one :class:`LossSpec` in :data:`LOSS_SPECS`. ``objective`` names what is optimised:
 ``elbo`` is the ELBO whichever of Pyro's two estimators computes it (``trace_elbo``: Monte Carlo
-throughout; ``meanfield_elbo``: analytic KL), so ``--loss elbo`` is ``trace_elbo`` in
-``svilab posterior`` and the analytic-KL ``meanfield_elbo`` in ``svilab vae`` (each command's
-``default_for`` estimator of the objective), and both report it as the ELBO.
+throughout; ``meanfield_elbo``: analytic KL). Which losses a command offers, and which estimator of an
+objective it picks, is the command's choice (:mod:`svilab.experiments.loss_choice`), not the loss's.
 
 ``jit=True`` uses Pyro's JIT-compiled variants, fixed in :mod:`svilab.inference.jit_elbo` (its
 ``JitTrace_ELBO`` had twice the gradient, its ``JitTraceMeanField_ELBO`` recompiled every call),
@@ -49,8 +48,6 @@ class LossSpec:
     :ivar objective: what is optimised (``elbo``, ``renyi``, ``gjs``, ``dgjs``).
     :ivar jit: it has a JIT-compiled variant.
     :ivar alpha: what ``alpha`` means for it (None: it takes none).
-    :ivar commands: the commands that offer it (``posterior``, ``vae``).
-    :ivar default_for: the commands where it is the estimator chosen for its ``objective``.
     :ivar samples: its ``num_particles`` are the k draws of an importance-weighted bound (``--k``).
     :ivar options: the options of its own that it takes (``dreg``, ``learn_alpha``).
     """
@@ -61,8 +58,6 @@ class LossSpec:
     objective: str
     jit: bool = True
     alpha: str | None = None
-    commands: tuple[str, ...] = ("posterior",)
-    default_for: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     samples: bool = False
     options: tuple[str, ...] = ()
@@ -107,17 +102,16 @@ def _gjs(dual: bool):
 
 #: the losses, by name
 LOSS_SPECS: dict[str, LossSpec] = {s.name: s for s in (
-    LossSpec("trace_elbo", "Trace_ELBO", _trace_elbo, "elbo", default_for=("posterior",), aliases=("elbo",)),
-    LossSpec("meanfield_elbo", "TraceMeanField_ELBO", _meanfield_elbo, "elbo", commands=("posterior", "vae"),
-             default_for=("vae",), aliases=("tracemeanfield_elbo",)),
+    LossSpec("trace_elbo", "Trace_ELBO", _trace_elbo, "elbo", aliases=("elbo",)),
+    LossSpec("meanfield_elbo", "TraceMeanField_ELBO", _meanfield_elbo, "elbo", aliases=("tracemeanfield_elbo",)),
     LossSpec("renyi", "RenyiELBO(alpha)", _renyi, "renyi", jit=False, alpha="the Renyi order",
-             commands=("posterior", "vae"), default_for=("vae",), aliases=("renyi_elbo",), samples=True),
+             aliases=("renyi_elbo",), samples=True),
     LossSpec("iwae", "importance-weighted bound (k draws; DReG gradient optional)", _iwae, "iwae",
-             commands=("vae",), default_for=("vae",), aliases=("iwae_elbo",), samples=True, options=("dreg",)),
+             aliases=("iwae_elbo",), samples=True, options=("dreg",)),
     LossSpec("gjs", "skew geometric Jensen-Shannon ELBO (alpha, fixed or learned)", _gjs(False), "gjs",
-             alpha="the skew", commands=("vae",), default_for=("vae",), options=("learn_alpha",)),
+             alpha="the skew", options=("learn_alpha",)),
     LossSpec("dgjs", "dual skew geometric Jensen-Shannon ELBO (alpha, fixed or learned)", _gjs(True), "dgjs",
-             alpha="the skew", commands=("vae",), default_for=("vae",), options=("learn_alpha",)),
+             alpha="the skew", options=("learn_alpha",)),
 )}
 #: name -> description
 LOSSES: dict[str, str] = {n: s.description for n, s in LOSS_SPECS.items()}
@@ -133,40 +127,6 @@ def loss_name(name: str) -> str:
 def loss_spec(name: str) -> LossSpec:
     """The :class:`LossSpec` of ``name`` (or an alias)."""
     return LOSS_SPECS[loss_name(name)]
-
-
-def command_losses(command: str) -> list[str]:
-    """The losses a command offers, by the name it uses for them: the objective's name where the
-    command offers one estimator of that objective (the VAE's ``elbo``), else each loss's own name
-    (``svilab posterior`` offers two estimators of the ELBO, ``trace_elbo`` and ``meanfield_elbo``)."""
-    offered = [s for s in LOSS_SPECS.values() if command in s.commands]
-    count = {o: sum(s.objective == o for s in offered) for o in {s.objective for s in offered}}
-    return list(dict.fromkeys(s.objective if count[s.objective] == 1 else s.name for s in offered))
-
-
-def _default_for(command: str, objective: str) -> LossSpec | None:
-    return next((s for s in LOSS_SPECS.values() if command in s.default_for and s.objective == objective), None)
-
-
-def command_loss(name: str, command: str) -> LossSpec:
-    """The loss ``name`` stands for in ``command``. An objective's name (``elbo``) picks the command's
-    default estimator of it, and so does a loss the command does not offer whose objective it trains
-    with another estimator (``trace_elbo`` in the VAE is its analytic-KL ``meanfield_elbo``); a
-    ValueError names the losses the command offers."""
-    key = str(name).lower()
-    by_objective = _default_for(command, key)
-    if by_objective is not None:
-        return by_objective
-    offered = command_losses(command)
-    spec = LOSS_SPECS.get(_ALIASES.get(key, key))
-    if spec is None:
-        choice(name, offered, "loss")
-    if command not in spec.commands and _default_for(command, spec.objective) is not None:
-        return _default_for(command, spec.objective)
-    if command not in spec.commands:
-        where = " and ".join({"vae": "the VAE"}.get(c, f"svilab {c}") for c in spec.commands)
-        raise ValueError(f"loss {name!r} is for {where}; svilab {command} takes: {', '.join(offered)}")
-    return spec
 
 
 def make_loss(name: str = "trace_elbo", *, num_particles: int = 1, vectorize_particles: bool = True,
@@ -198,4 +158,4 @@ def make_loss(name: str = "trace_elbo", *, num_particles: int = 1, vectorize_par
     return spec.build(kw, jit and spec.jit, alpha, beta, **options)
 
 
-__all__ = ["LOSSES", "LOSS_SPECS", "LossSpec", "command_loss", "command_losses", "loss_name", "loss_spec", "make_loss"]
+__all__ = ["LOSSES", "LOSS_SPECS", "LossSpec", "loss_name", "loss_spec", "make_loss"]
