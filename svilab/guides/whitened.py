@@ -159,7 +159,10 @@ class AutoWhitened(_Whitened):
         return [*splines, LowerTriangularAffine(torch.zeros(dim, dtype=dtype), scale=1.0)]
 
     def _preconditioner(self, dtype):
-        return LowerCholeskyAffine(self.pre_loc.to(dtype), self.pre_scale_tril.to(dtype))
+        # cached: the guide's log_prob then inverts the chain from the cached values; uncached, the inverse
+        # solve gives a new tensor, every layer below misses its cache, and the spline layers are inverted
+        # for real (D sequential network passes): 2.7x the step time (benchmarks/bench_hard_posteriors.py)
+        return LowerCholeskyAffine(self.pre_loc.to(dtype), self.pre_scale_tril.to(dtype), cache_size=1)
 
 
 class AutoWhitenedNormal(_Whitened):
@@ -183,7 +186,7 @@ class AutoWhitenedNormal(_Whitened):
         return [DiagonalAffine(dim, dtype)]
 
     def _preconditioner(self, dtype):
-        return AffineTransform(self.pre_loc.to(dtype), self.pre_scale.to(dtype), event_dim=1)
+        return AffineTransform(self.pre_loc.to(dtype), self.pre_scale.to(dtype), event_dim=1, cache_size=1)
 
 
 def whitened_guide(name: str, model, approx, init_loc_fn=None, hidden_dims=None, num_transforms: int = 1):
