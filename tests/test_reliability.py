@@ -552,7 +552,8 @@ def test_a_model_that_raises_for_some_values_is_named_not_a_traceback(tmp_path, 
 def test_user_models_that_raise_or_do_not_vectorize_in_the_estimator_lab(command, tmp_path, capsys):
     """elbo/gradients --model: a model that raises where mu > 1.5 (reached from --point 1.3,0.1) is one line
     naming its error, rc 2 (was a traceback); X @ beta is one line saying how to vectorize, before any folder;
-    a model with one latent (two guide parameters) runs and draws its boxplots (was an IndexError)."""
+    a model with one latent (two guide parameters) runs and draws its boxplots (was an IndexError); a model
+    with improper priors (a + b, both flat: an improper posterior) is warned about (stderr and JSON)."""
     head = "import torch, pyro, pyro.distributions as dist\n\ndef model(data):\n"
     data = tmp_path / "d.json"
     data.write_text('{"y": [0.1, 0.5, 1.2], "X": [[1.0, 0.2], [1.0, 0.5], [1.0, 0.9]]}')
@@ -562,7 +563,10 @@ def test_user_models_that_raise_or_do_not_vectorize_in_the_estimator_lab(command
         "matmul": "    X = torch.as_tensor(data['X'])\n"
                   "    mu = pyro.sample('beta', dist.Normal(torch.zeros(2), 1.0).to_event(1))\n"
                   "    mu = X @ mu\n",
-        "one": "    mu = pyro.sample('mu', dist.Normal(0.0, 1.0))\n"}
+        "one": "    mu = pyro.sample('mu', dist.Normal(0.0, 1.0))\n",
+        "improper": "    from torch.distributions import constraints\n"
+                    "    a = pyro.sample('a', dist.ImproperUniform(constraints.real, (), ()))\n"
+                    "    mu = a + pyro.sample('b', dist.ImproperUniform(constraints.real, (), ()))\n"}
     for name, body in models.items():
         (tmp_path / f"{name}.py").write_text(head + body + "    with pyro.plate('d', 3):\n        pyro.sample("
                                              "'y', dist.Normal(mu, 1.0), obs=torch.as_tensor(data['y']))\n")
@@ -578,6 +582,12 @@ def test_user_models_that_raise_or_do_not_vectorize_in_the_estimator_lab(command
     assert not out.exists()
     assert main([command, "--model", str(tmp_path / "one.py"), "--data", str(data), *small, "--out", str(out)]) == 0
     assert command == "elbo" or (out / "boxplots_reparam.png").exists()
+    assert "improper" not in capsys.readouterr().err
+    assert main([command, "--model", str(tmp_path / "improper.py"), "--data", str(data), *small, "--json",
+                 "--out", str(tmp_path / "imp")]) == 0
+    captured = capsys.readouterr()
+    assert "warning: latent site(s) a, b have improper priors" in captured.err
+    assert "may be improper" in json.loads(captured.out)["warnings"][0]
 
 
 def test_svi_says_where_it_is_without_a_progress_bar(monkeypatch, capsys):

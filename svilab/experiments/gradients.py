@@ -51,6 +51,8 @@ class Lab:
     exact_grad: np.ndarray
     exact_grad_se: np.ndarray
     exact_method: str
+    #: warnings about the model itself (improper priors), reported with the estimators'
+    notes: tuple[str, ...] = ()
 
 
 def exact_reference(target: Target, family: str, point, seed: int = 0, samples: int = REFERENCE_SAMPLES):
@@ -94,7 +96,12 @@ def user_lab(um, point_text: str | None, seed: int, reference_samples: int = REF
     if not (np.isfinite(grad).all() and math.isfinite(elbo)):
         raise ValueError("the ELBO or its gradient is not finite at --point: the guide puts mass where the model "
                          "has none (try smaller scales)")
-    return Lab(target, "gaussian", point, names, elbo, elbo_se, grad, grad_se, method)
+    improper = [n for n, site in target.sites.latent.items() if site.improper]
+    notes = (f"latent site(s) {', '.join(improper)} have improper priors (ImproperUniform): the ELBO here is of an "
+             "unnormalised joint density, not a bound on log p(x), and the posterior itself may be improper (a "
+             "direction the data do not fix, as a + b with flat a and b); svilab cannot check that, and every "
+             "number is still the exact ELBO of this guide",) if improper else ()
+    return Lab(target, "gaussian", point, names, elbo, elbo_se, grad, grad_se, method, notes)
 
 
 # ------------------------------------------------------------------------------------ config
@@ -205,7 +212,7 @@ def _bias_warning(name: str, M: int, param: str, bias_se: float, config: SweepCo
 def run_elbo(lab: Lab, config: SweepConfig) -> ELBOSweep:
     """The ELBO estimator ``config.reps`` times at every M (one generator, seeded by ``config.seed``)."""
     gen = torch.Generator().manual_seed(config.seed)
-    rows, samples, warnings = [], {}, []
+    rows, samples, warnings = [], {}, list(lab.notes)
     for M in config.M:
         v = estimate("elbo", lab.target, lab.family, lab.point, M, config.reps, generator=gen,
                      dtype=config.torch_dtype).double()
@@ -279,7 +286,7 @@ def run_gradients(lab: Lab, config: SweepConfig) -> GradientSweep:
     exact_grad, exact_se, reps = lab.exact_grad, lab.exact_grad_se, config.reps
     estimate("reparam", target, family, point, 10, 10, dtype=config.torch_dtype)   # warm-up, so timings are fair
     gen = torch.Generator().manual_seed(config.seed)
-    results, long_rows, draws, warnings = [], [], {}, []
+    results, long_rows, draws, warnings = [], [], {}, list(lab.notes)
     for name in config.estimators:
         for M in config.M:
             t0 = time.perf_counter()

@@ -39,6 +39,20 @@ class LatentSite:
     event_dim: int
     support: object
     dtype: torch.dtype
+    #: its prior is improper (``dist.ImproperUniform``, possibly wrapped): the joint density is unnormalised
+    improper: bool = False
+
+
+def _improper(fn) -> bool:
+    """Whether a site's distribution is improper: ``ImproperUniform`` under any ``Independent``/``Expanded``/
+    ``Masked`` wrapper (Pyro's ``base_dist``)."""
+    from pyro.distributions import ImproperUniform
+
+    while fn is not None:
+        if isinstance(fn, ImproperUniform):
+            return True
+        fn = getattr(fn, "base_dist", None)
+    return False
 
 
 @dataclass
@@ -129,7 +143,7 @@ def model_sites(model, *args, **kwargs) -> ModelSites:
         else:
             fn = site["fn"]
             latent[name] = LatentSite(name, value.shape, fn.batch_shape, len(fn.event_shape), fn.support,
-                                      value.dtype)
+                                      value.dtype, _improper(fn))
     return ModelSites(latent, observed, deterministic, factors, max_plate_nesting_of(trace))
 
 
