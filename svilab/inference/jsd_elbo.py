@@ -22,8 +22,12 @@ unconstrained space (the divergence is invariant under a bijection applied to bo
 is in closed form where both sides are (diagonal) Normal (a real-valued latent with a Normal prior
 under ``AutoNormal`` included), and by Monte Carlo with ``mc_samples`` draws of each side otherwise
 (:func:`~svilab.inference.divergences.geometric_js_mc`). A guide that draws several sites jointly
-(``AutoMultivariateNormal``, ``AutoDiagonalNormal``, a flow: one auxiliary vector for all sites) is
-a ValueError that says so, as is an auxiliary site with no model site to pair it with.
+(``AutoMultivariateNormal``, ``AutoLowRankMultivariateNormal``, ``AutoDiagonalNormal``, a flow: one
+auxiliary vector :math:`\zeta` for all its sites) gets one divergence for the joint: its auxiliary
+distribution against the prior of those sites carried to :math:`\zeta` (:class:`_JointPrior`), by Monte
+Carlo; for independent sites it is the sum of the per-site divergences (the skew geometric mean of
+product densities is the product of theirs), which the tests check. An auxiliary site with no model site
+to pair it with, or two joint auxiliary vectors, is a ValueError that says so.
 Plain ``pyro.infer.SVI`` accepts it; :class:`JitGeometricJSD_ELBO` compiles it with Pyro's JIT.
 
 **Learned skew** (``learn_alpha=True``; the paper's tGJS and, with ``dual``, tdGJS): alpha is the Pyro
@@ -124,29 +128,98 @@ class GeometricJSD_ELBO(TraceMeanField_ELBO):
         objective = 0.0
         alpha = None
         paired: set[str] = set()
+        joint: list[tuple[str, dict]] = []          # sites an AutoContinuous guide draws jointly
         for name, model_site in model_trace.nodes.items():
             if model_site["type"] != "sample":
                 continue
             if model_site["is_observed"]:
                 objective = objective + model_site["log_prob_sum"]
                 continue
-            q, p, used = _site_pair(name, model_site, guide_trace)
-            paired.update(used)
             if alpha is None:
                 alpha = self.skew(model_site["value"] if model_site["value"].is_floating_point() else None)
+            pair = _site_pair(name, model_site, guide_trace)
+            if pair is None:
+                joint.append((name, model_site))
+                continue
+            q, p, used = pair
+            paired.update(used)
             try:
                 div = geometric_js(q, p, alpha, self.dual, num_samples=self.mc_samples)
             except ValueError as exc:
                 raise ValueError(f"latent site {name!r}: {exc}") from None
             div = scale_and_mask(div, scale=guide_trace.nodes[name]["scale"], mask=guide_trace.nodes[name]["mask"])
             objective = objective - self.beta * div.sum()
+        if joint:
+            aux = _joint_auxiliary(joint, guide_trace, paired)
+            prior = _JointPrior([site["fn"] for _, site in joint], [guide_trace.nodes[n]["value"] for n, _ in joint],
+                                aux["fn"])
+            div = geometric_js(aux["fn"], prior, alpha, self.dual, num_samples=self.mc_samples)
+            objective = objective - self.beta * scale_and_mask(div, scale=aux["scale"], mask=aux["mask"]).sum()
+            paired.update([aux["name"], *(n for n, _ in joint)])
         for name, guide_site in guide_trace.nodes.items():
             if guide_site["type"] == "sample" and name not in model_trace.nodes and name not in paired:
                 raise ValueError(f"guide site {name!r} has no model site to pair it with: the GJS objective needs "
-                                 "a guide distribution per latent site (an auxiliary variable is allowed only as "
-                                 "AutoNormal uses it, one per site)")
+                                 "a guide distribution per latent site, or one auxiliary vector for the sites an "
+                                 "autoguide draws jointly")
         loss = -(objective.detach() if torch._C._get_tracing_state() else torch_item(objective))
         return loss, -objective
+
+
+class _JointPrior:
+    r"""The model's prior of the sites an ``AutoContinuous`` guide draws jointly, carried to the guide's
+    unconstrained latent vector :math:`\zeta` (the sites' unconstrained values, flattened per particle and
+    concatenated in the guide's order, as Pyro packs them):
+    :math:`\log p(\zeta) = \sum_k \log p_k(T_k(\zeta_k)) + \log|\det J_{T_k}(\zeta_k)|`, with
+    :math:`T_k` = ``biject_to`` of site k's support; draws are each prior's draws pushed through
+    :math:`T_k^{-1}` and packed. Shapes: ``batch_shape`` the auxiliary site's (its leading dims the
+    vectorized particles), ``event_shape`` ``(D,)``."""
+
+    has_rsample = False
+
+    def __init__(self, priors: list, values: list[torch.Tensor], aux_fn) -> None:
+        self.batch_shape, self.event_shape = aux_fn.batch_shape, aux_fn.event_shape
+        self.particles = self.batch_shape.numel()
+        self.parts = []
+        for fn, value in zip(priors, values, strict=True):
+            t = biject_to(fn.support)
+            shape = t.inv(value).shape if not _is_identity(t) else value.shape
+            self.parts.append((fn, t, shape, shape.numel() // self.particles))
+        dim = sum(n for *_, n in self.parts)
+        if dim != self.event_shape[-1]:
+            raise ValueError(f"the guide's joint latent vector has {self.event_shape[-1]} coordinates but the model's "
+                             f"sites it draws have {dim} unconstrained values")
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = torch.Size(sample_shape)
+        with torch.no_grad():
+            parts = [t.inv(fn.sample(shape)).reshape(shape + (self.particles, n)) for fn, t, _, n in self.parts]
+        return torch.cat(parts, -1).reshape(shape + self.batch_shape + self.event_shape)
+
+    def log_prob(self, zeta: torch.Tensor) -> torch.Tensor:
+        lead = zeta.shape[:zeta.dim() - len(self.batch_shape) - 1]
+        flat = zeta.reshape(lead + (self.particles, -1))
+        total, at = 0.0, 0
+        for fn, t, shape, n in self.parts:
+            u = flat[..., at:at + n].reshape(lead + shape)
+            at += n
+            x = t(u)
+            terms = fn.log_prob(x).reshape(lead + (self.particles, -1)).sum(-1)
+            terms = terms + t.log_abs_det_jacobian(u, x).reshape(lead + (self.particles, -1)).sum(-1)
+            total = total + terms
+        return total.reshape(lead + self.batch_shape)
+
+
+def _joint_auxiliary(joint: list, guide_trace, paired: set) -> dict:
+    """The one auxiliary guide site (``AutoContinuous``'s ``_<name>_latent``) that draws the sites in ``joint``."""
+    aux = [s for n, s in guide_trace.nodes.items() if s["type"] == "sample" and s["infer"].get("is_auxiliary")
+           and n not in paired]
+    if len(aux) != 1:
+        names = ", ".join(n for n, _ in joint)
+        raise ValueError(f"latent site(s) {names}: the guide gives them no distribution of their own (Delta sites) "
+                         f"and {'no' if not aux else 'more than one'} auxiliary vector to draw them jointly: the GJS "
+                         "objective needs a guide distribution per latent site (AutoNormal, a hand-written guide) or "
+                         "one AutoContinuous guide (AutoMultivariateNormal, AutoLowRankMultivariateNormal, a flow)")
+    return aux[0]
 
 
 def _is_identity(t) -> bool:
@@ -155,9 +228,10 @@ def _is_identity(t) -> bool:
     return isinstance(t, ComposeTransform) and not t.parts
 
 
-def _site_pair(name: str, model_site: dict, guide_trace) -> tuple:
+def _site_pair(name: str, model_site: dict, guide_trace) -> tuple | None:
     """The guide's and the prior's distribution of latent site ``name`` on one space, and the guide
-    sites they use (module docstring)."""
+    sites they use (module docstring); None for a Delta site with no auxiliary of its own (an
+    ``AutoContinuous`` guide draws it jointly with the others)."""
     guide_site = guide_trace.nodes.get(name)
     if guide_site is None or guide_site["type"] != "sample":
         raise ValueError(f"latent site {name!r} of the model is not in the guide")
@@ -170,10 +244,7 @@ def _site_pair(name: str, model_site: dict, guide_trace) -> tuple:
         if not _is_identity(t):
             prior = TransformedDistribution(prior, [t.inv])
         return aux["fn"], prior, {name, aux["name"]}
-    raise ValueError(f"latent site {name!r}: the guide gives it no distribution of its own (a Delta site; an "
-                     "AutoContinuous guide such as AutoMultivariateNormal, AutoDiagonalNormal or a flow draws all "
-                     "sites jointly): the GJS objective needs one guide distribution per latent site, e.g. "
-                     "AutoNormal or a hand-written guide")
+    return None                       # drawn jointly with others by an AutoContinuous guide
 
 
 class JitGeometricJSD_ELBO(GeometricJSD_ELBO, JitTraceMeanField_ELBO):
