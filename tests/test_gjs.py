@@ -216,7 +216,7 @@ def test_the_objective_on_autonormal_and_on_a_gamma_guide():
     draw, closed form, to 1e-12); on a positive latent (Gamma prior) its divergence, taken in the log
     space, is GJS(LogNormal || Gamma) (quadrature); a hand-written Gamma guide gets the Monte Carlo
     divergence too (a guide drawing all sites jointly: test_a_joint_guide_gets_the_divergence_of_its_joint)."""
-    from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
+    from pyro.infer.autoguide import AutoNormal
     from scipy import stats
 
     def normal_model():
