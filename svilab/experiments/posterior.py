@@ -333,7 +333,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
 def _fit_log_likelihood(config: PosteriorConfig, sites) -> tuple[PosteriorConfig, list[str]]:
     """The pointwise log-likelihood (draws x observations numbers, for LOO/WAIC) left out, with a warning,
     where keeping it for the guides' --draws or NUTS's draws would not fit svilab's memory budget and
-    leaving it out would; ``--no-log-likelihood`` leaves it out by choice. Decided before anything runs."""
+    leaving it out would (too big either way: the memory checks that follow refuse it with the amount); ``--no-log-likelihood`` leaves it out by choice. Decided before anything runs."""
     from svilab.inference.draws import draws_bytes
     from svilab.memory import format_bytes, memory_budget
 
@@ -341,14 +341,17 @@ def _fit_log_likelihood(config: PosteriorConfig, sites) -> tuple[PosteriorConfig
         return config, []
     n = config.nuts_settings
     kept = max([config.draws] + ([n["num_chains"] * n["num_samples"]] if config.nuts else []))
-    need = draws_bytes(kept, sites, True) + (8 * kept * sites.values_per_draw(True) if config.nuts else 0)
+    def need(log_likelihood: bool) -> int:
+        return draws_bytes(kept, sites, log_likelihood) + (
+            8 * kept * sites.values_per_draw(log_likelihood) if config.nuts else 0)
+
     budget = memory_budget()
-    if need <= budget:
+    if need(True) <= budget or need(False) > budget:      # fits, or too big either way: the checks refuse it
         return config, []
     observations = sum(v.numel() for v in sites.observed.values())
     note = (f"the pointwise log-likelihood ({kept:,} draws x {observations:,} observations, about "
-            f"{format_bytes(need)} with the draws) would not fit svilab's memory budget of {format_bytes(budget)}: "
-            "left out of the InferenceData (no LOO/WAIC); fewer --draws/--nuts-samples keep it, "
+            f"{format_bytes(need(True))} with the draws) would not fit svilab's memory budget of "
+            f"{format_bytes(budget)}: left out of the InferenceData (no LOO/WAIC); fewer --draws/--nuts-samples keep it, "
             "--no-log-likelihood leaves it out without this warning")
     return dataclasses.replace(config, log_likelihood=False), [note]
 
