@@ -333,7 +333,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
 def _fit_log_likelihood(config: PosteriorConfig, sites) -> tuple[PosteriorConfig, list[str]]:
     """The pointwise log-likelihood (draws x observations numbers, for LOO/WAIC) left out, with a warning,
     where keeping it for the guides' --draws or NUTS's draws would not fit svilab's memory budget and
-    leaving it out would (too big either way: the memory checks that follow refuse it with the amount); ``--no-log-likelihood`` leaves it out by choice. Decided before anything runs."""
+    leaving it out would (too big either way: the memory checks that follow refuse it with the amount);
+    ``--no-log-likelihood`` leaves it out by choice. Decided before anything runs."""
     from svilab.inference.draws import draws_bytes
     from svilab.memory import format_bytes, memory_budget
 
@@ -351,8 +352,8 @@ def _fit_log_likelihood(config: PosteriorConfig, sites) -> tuple[PosteriorConfig
     observations = sum(v.numel() for v in sites.observed.values())
     note = (f"the pointwise log-likelihood ({kept:,} draws x {observations:,} observations, about "
             f"{format_bytes(need(True))} with the draws) would not fit svilab's memory budget of "
-            f"{format_bytes(budget)}: left out of the InferenceData (no LOO/WAIC); fewer --draws/--nuts-samples keep it, "
-            "--no-log-likelihood leaves it out without this warning")
+            f"{format_bytes(budget)}: left out of the InferenceData (no LOO/WAIC); fewer --draws/--nuts-samples "
+            "keep it, --no-log-likelihood leaves it out without this warning")
     return dataclasses.replace(config, log_likelihood=False), [note]
 
 
