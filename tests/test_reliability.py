@@ -615,8 +615,11 @@ def test_a_signal_while_the_command_starts_is_one_line(sig, rc, said, tmp_path):
     import subprocess
     import time
 
+    # SIGINT restored in the child: a test run started in the background (nohup, &) ignores it, and a Python
+    # started with SIGINT ignored keeps ignoring it
     p = subprocess.Popen([sys.executable, "-m", "svilab", "exact", "--out", str(tmp_path / "r")],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(0.5)
     p.send_signal(sig)
     err = p.communicate(timeout=60)[1]
