@@ -229,6 +229,7 @@ def test_the_pyro_user_example_runs():
     with pytest.warns(UserWarning):          # the rough-fit warnings of the quick run are issued
         out = mod.main(quick=True)
     assert out["max_z"] < 4.5 and out["elbo"] > out["gjs_elbo"]
+    assert abs(out["gjs_joint_elbo"]) < float("inf")          # a joint autoguide trains under GJS (finite ELBO)
     assert out["iwae"] == pytest.approx(out["exact_log_px"], abs=1e-4)
 
 

@@ -6,10 +6,12 @@ Monte Carlo with its standard error otherwise), KL = log p(x) - ELBO, posterior 
 guide draws, an ArviZ InferenceData and ``az.summary``. Writes the comparison table, one
 ``summary_<method>`` table per method, ``inference_data/<method>.nc`` and the figures.
 
-Layers: :class:`~svilab.experiments.posterior_config.PosteriorConfig` (typed, checked) ->
-:func:`run` (fits, NUTS: a :class:`PosteriorResult`) -> the figures -> :func:`write` (tables,
-InferenceData, figures, warnings, the JSON) -> the argparse layer. A ``--model`` goes the same way
-through :mod:`svilab.experiments.posterior_user`.
+Layers: :class:`~svilab.experiments.posterior_config.PosteriorConfig` (typed, checked) -> the one
+pipeline of :mod:`svilab.experiments.posterior_pipeline` (:func:`run`: fits, NUTS, a
+:class:`~svilab.experiments.posterior_pipeline.PosteriorResult`; :func:`write`: tables, InferenceData,
+figures, warnings, the JSON) -> the argparse layer. This model is the pipeline's
+:class:`PoissonGammaProblem` with the :class:`ExactComparison`; a ``--model`` is
+:class:`~svilab.experiments.posterior_user.UserProblem` with reference draws or none.
 """
 
 from __future__ import annotations
@@ -32,21 +34,19 @@ from svilab.experiments.posterior_config import (
     default_guides,
     fit_and_evaluate,
     guide_options,
-    run_methods,
 )
-from svilab.experiments.posterior_figures import figure_joint, figure_losses, figure_marginals_exact
+from svilab.experiments.posterior_figures import figure_joint, figure_marginals_exact
+from svilab.experiments.posterior_pipeline import PosteriorResult, run_posterior, write_posterior
 from svilab.experiments.posterior_user import (
     check_user_model,
     nuts_method,
     parameter_names,
-    report_warnings,
     run_user,
-    write_histories,
     write_user,
 )
 from svilab.experiments.runs import RunFolder
 from svilab.guides import GUIDE_SPECS, GUIDES, PositiveNormal, guide_spec, make_guide
-from svilab.inference.cavi import CAVIResult, GammaFactor, cavi
+from svilab.inference.cavi import GammaFactor, cavi
 from svilab.inference.cavi import elbo as gamma_elbo
 from svilab.inference.exact import ExactPosterior
 from svilab.inference.init import INIT_STRATEGIES
@@ -56,7 +56,6 @@ from svilab.inference.reference import read_reference
 from svilab.inference.summaries import (
     MethodResult,
     comparison_table,
-    summary,
 )
 from svilab.models.poisson_gamma import PoissonGamma
 from svilab.models.user import UserModel, float64_default
@@ -102,89 +101,109 @@ def fit_guide(model: PoissonGamma, name: str, cfg: dict, config: PosteriorConfig
     return method, result.history
 
 
-@dataclass
-class PosteriorResult:
-    """What :func:`run` computed: every method's row (guides, then NUTS) and loss history, with the
-    exact posterior and CAVI they are compared with."""
+class PoissonGammaProblem:
+    """The Poisson-Gamma model as a :class:`~svilab.experiments.posterior_pipeline.PosteriorProblem`: each
+    guide from its own start (:class:`~svilab.guides.GuideSpec`), the exact ELBO where its family has one,
+    NUTS from Stan's uniform init; no Pathfinder (the exact posterior is known)."""
 
-    model: PoissonGamma
-    config: PosteriorConfig
-    exact: ExactPosterior
-    cavi: CAVIResult
-    methods: list[MethodResult]
-    histories: dict[str, np.ndarray]
-    failed: dict[str, str]
+    def __init__(self, model: PoissonGamma, log_evidence: float) -> None:
+        self.model, self.log_evidence = model, log_evidence
 
+    def start(self, config, reporter):
+        return None
 
-def run(model: PoissonGamma, config: PosteriorConfig, reporter: Reporter) -> PosteriorResult:
-    """Fit every guide of ``config`` (and NUTS when asked), one line each."""
-    exact = ExactPosterior(model)
-    log_evidence = exact.log_evidence
+    def fit(self, name, cfg, config, start):
+        return fit_guide(self.model, name, cfg, config)
 
-    def fit_one(name, cfg):
-        return fit_guide(model, name, cfg, config)
-
-    def nuts_one():
+    def nuts(self, config, start):
         n = config.nuts_settings
-        res = run_nuts(model.model, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"],
+        res = run_nuts(self.model.model, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"],
                        num_chains=n["num_chains"], seed=config.seed, init=config.init or "uniform",
                        time_limit=n.get("time_limit"))
         return nuts_method(res)
 
-    methods, histories, failed = run_methods(
-        config, fit_one, nuts_one, reporter,
-        lambda name, cfg, m: (f"fitted {name:9s} in {m.seconds:5.2f} s ({cfg['steps']} steps x {cfg['particles']} "
-                              f"particles): ELBO {m.elbo:.5f} ({m.elbo_method}), KL {log_evidence - m.elbo:.5f}"),
-        lambda m: (f"NUTS: {config.nuts_settings['num_chains']} chains x {config.nuts_settings['num_samples']} "
-                   f"draws in {m.seconds:.1f} s"))
-    return PosteriorResult(model, config, exact, cavi(model), methods, histories, failed)
+    def pathfinder(self, config):
+        return None
+
+    def describe_fit(self, name, cfg, m):
+        return (f"fitted {name:9s} in {m.seconds:5.2f} s ({cfg['steps']} steps x {cfg['particles']} particles): "
+                f"ELBO {m.elbo:.5f} ({m.elbo_method}), KL {self.log_evidence - m.elbo:.5f}")
+
+    def describe_nuts(self, config, m):
+        n = config.nuts_settings
+        return f"NUTS: {n['num_chains']} chains x {n['num_samples']} draws in {m.seconds:.1f} s"
+
+    def describe_pathfinder(self, m):
+        return ""
+
+
+class ExactComparison:
+    """The exact posterior of the Poisson-Gamma model (quadrature) and mean-field CAVI as the
+    :class:`~svilab.experiments.posterior_pipeline.Comparison`: two extra rows, the KL column, the joint and
+    marginal figures against the exact densities."""
+
+    summary_vars = ["u", "v"]
+
+    def __init__(self, model: PoissonGamma) -> None:
+        self.model = model
+        self.exact = ExactPosterior(model)
+        self.cavi = cavi(model)
+        self.log_evidence = self.exact.log_evidence
+        q = self.cavi
+        self.exact_row = MethodResult("exact", elbo=self.log_evidence, elbo_se=0.0, elbo_method="quadrature (log p(x))",
+                                      moments={k: (self.exact.mean[k], self.exact.sd[k]) for k in ("u", "v")},
+                                      corr=self.exact.corr)
+        self.cavi_row = MethodResult("cavi", elbo=q.elbo, elbo_se=0.0, elbo_method="closed form",
+                                     moments={"u": (q.q_u.mean, q.q_u.sd), "v": (q.q_v.mean, q.q_v.sd)}, corr=0.0)
+
+    def add_warnings(self, methods, config):
+        pass
+
+    def tables(self, result, folder, reporter):
+        rows = [self.exact_row, self.cavi_row, *result.methods]
+        table = comparison_table(rows, self.exact_row.moments, self.log_evidence, ("u", "v"))
+        table.insert(2, "ELBO method", [m.elbo_method for m in rows])
+        folder.write_table("comparison", table)
+        reporter.table(f"Posterior approximations vs the exact posterior ({self.model!r}, loss {result.config.loss})",
+                       table.drop(columns=[c for c in table.columns if c.startswith("sd(") and "error" in c]))
+
+    def after_summary(self, method, table, reporter):
+        if method.name == "nuts":
+            reporter.table("az.summary of NUTS", table)
+
+    def figures(self, result):
+        return [(figure_joint(self.exact, result.methods), "posterior_joint"),
+                (figure_marginals_exact(self.exact, result.methods), "posterior_marginals")]
+
+    def trace_vars(self, result):
+        return ["u", "v"], False
+
+    def json(self, result):
+        log_evidence = self.log_evidence
+
+        def row(m: MethodResult) -> dict:
+            ms = m.mean_sd()
+            return {"name": m.name, "elbo": m.elbo, "elbo_se": m.elbo_se,
+                    "kl": None if m.elbo is None else log_evidence - m.elbo,
+                    "u": {"mean": ms["u"][0], "sd": ms["u"][1]}, "v": {"mean": ms["v"][0], "sd": ms["v"][1]},
+                    "corr": m.correlation(("u", "v")), "seconds": m.seconds, "pareto_k": m.pareto_k,
+                    "warnings": m.warnings, **({"details": m.extra} if m.extra else {})}
+
+        return {"log_evidence": log_evidence, "methods": [row(m) for m in result.methods],
+                "exact": row(self.exact_row), "cavi": row(self.cavi_row)}
+
+
+def run(model: PoissonGamma, config: PosteriorConfig, reporter: Reporter) -> PosteriorResult:
+    """Fit every guide of ``config`` (and NUTS when asked), one line each: the one posterior pipeline
+    (:func:`~svilab.experiments.posterior_pipeline.run_posterior`) with the exact comparison."""
+    comparison = ExactComparison(model)
+    return run_posterior(PoissonGammaProblem(model, comparison.log_evidence), comparison, config, reporter)
 
 
 def write(result: PosteriorResult, folder: RunFolder, reporter: Reporter) -> dict:
-    """The comparison table, summaries, InferenceData, figures and warnings; returns the JSON."""
-    model, config, exact, q, methods = result.model, result.config, result.exact, result.cavi, result.methods
-    log_evidence = exact.log_evidence
-    reference = {k: (exact.mean[k], exact.sd[k]) for k in ("u", "v")}
-    exact_row = MethodResult("exact", elbo=log_evidence, elbo_se=0.0, elbo_method="quadrature (log p(x))",
-                             moments=reference, corr=exact.corr)
-    cavi_row = MethodResult("cavi", elbo=q.elbo, elbo_se=0.0, elbo_method="closed form",
-                            moments={"u": (q.q_u.mean, q.q_u.sd), "v": (q.q_v.mean, q.q_v.sd)}, corr=0.0)
-    table = comparison_table([exact_row, cavi_row, *methods], reference, log_evidence, ("u", "v"))
-    table.insert(2, "ELBO method", [m.elbo_method for m in (exact_row, cavi_row, *methods)])
-    folder.write_table("comparison", table)
-    reporter.table(f"Posterior approximations vs the exact posterior ({model!r}, loss {config.loss})",
-                   table.drop(columns=[c for c in table.columns if c.startswith("sd(") and "error" in c]))
-    for m in methods:
-        s = summary(m.idata, ["u", "v"])
-        folder.write_table(f"summary_{m.name}", s)
-        folder.write_netcdf(f"inference_data/{m.name}.nc", m.idata)
-        if m.name == "nuts":
-            reporter.table("az.summary of NUTS", s)
-    folder.save_figure(figure_joint(exact, methods), "posterior_joint")
-    folder.save_figure(figure_marginals_exact(exact, methods), "posterior_marginals")
-    if result.histories:
-        folder.save_figure(figure_losses(result.histories, config.loss, log_evidence), "svi_loss")
-        write_histories(folder, result.histories)
-    if config.nuts:
-        import arviz as az
-
-        axes = az.plot_trace(methods[-1].idata, var_names=["u", "v"])
-        folder.save_figure(axes.ravel()[0].figure, "nuts_trace")
-    report_warnings(methods, reporter)
-
-    def row(m: MethodResult) -> dict:
-        ms = m.mean_sd()
-        return {"name": m.name, "elbo": m.elbo, "elbo_se": m.elbo_se,
-                "kl": None if m.elbo is None else log_evidence - m.elbo,
-                "u": {"mean": ms["u"][0], "sd": ms["u"][1]}, "v": {"mean": ms["v"][0], "sd": ms["v"][1]},
-                "corr": m.correlation(("u", "v")), "seconds": m.seconds, "pareto_k": m.pareto_k,
-                "warnings": m.warnings, **({"details": m.extra} if m.extra else {})}
-
-    out = {"log_evidence": log_evidence, "methods": [row(m) for m in methods],
-           "exact": row(exact_row), "cavi": row(cavi_row)}
-    if result.failed:
-        out["failed"] = [{"name": k, "error": v} for k, v in result.failed.items()]
-    return out
+    """The comparison table, summaries, InferenceData, figures and warnings; returns the JSON
+    (:func:`~svilab.experiments.posterior_pipeline.write_posterior`)."""
+    return write_posterior(result, folder, reporter)
 
 
 def register(sub) -> None:
@@ -381,5 +400,5 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["LOSSES", "PosteriorConfig", "PosteriorResult", "Prepared", "fit_guide", "prepare", "register", "run",
-           "write"]
+__all__ = ["LOSSES", "ExactComparison", "PoissonGammaProblem", "PosteriorConfig", "PosteriorResult", "Prepared",
+           "fit_guide", "prepare", "register", "run", "write"]

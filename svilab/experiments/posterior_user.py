@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pyro
@@ -28,9 +26,15 @@ from svilab.experiments.posterior_config import (
     PosteriorConfig,
     fit_and_evaluate,
     guide_options,
-    run_methods,
 )
-from svilab.experiments.posterior_figures import figure_losses, figure_marginals_reference
+from svilab.experiments.posterior_figures import figure_marginals_reference
+from svilab.experiments.posterior_pipeline import (
+    PosteriorResult,
+    report_warnings,
+    run_posterior,
+    write_histories,
+    write_posterior,
+)
 from svilab.experiments.runs import RunFolder
 from svilab.guides import guide_name, guide_spec, make_guide
 from svilab.inference.diagnostics import (
@@ -263,25 +267,6 @@ def nuts_method(res) -> MethodResult:
                                "min_ess_bulk": float(s["ess_bulk"].min()) if "ess_bulk" in s else None})
 
 
-def report_warnings(methods: list[MethodResult], reporter: Reporter) -> None:
-    """Every diagnostic that failed, one line each on stderr whatever the output mode."""
-    for m in methods:
-        for w in m.warnings:
-            print(f"warning: {m.name}: {w}", file=sys.stderr)
-    if not any(m.warnings for m in methods):
-        reporter.say("\nNo warnings: every diagnostic passed.")
-
-
-def write_histories(folder: RunFolder, histories: dict) -> None:
-    """``svi_loss.csv``: each guide's SVI loss per step (one column per guide), what ``svi_loss.png``
-    draws, for tools (``svilab sweep`` reads it for TensorBoard and its curves)."""
-    if histories:
-        import pandas as pd
-
-        df = pd.DataFrame({k: pd.Series(np.asarray(v, dtype=float)) for k, v in histories.items()})
-        folder.write_csv("svi_loss.csv", df.rename_axis("step"))
-
-
 def method_json(m: MethodResult, reference: Reference | None) -> dict:
     params = m.compare(reference) if reference is not None else \
         {k: {"mean": a, "sd": b} for k, (a, b) in m.mean_sd().items()}
@@ -304,24 +289,102 @@ def check_user_model(um: UserModel):
     return sites
 
 
-@dataclass
-class UserPosteriorResult:
-    """What :func:`run_user` computed for a user's model: every method's row and loss history, the
-    model's sites and parameter names, and the reference draws when given."""
+class UserProblem:
+    """A user's model as a :class:`~svilab.experiments.posterior_pipeline.PosteriorProblem`: the Laplace (or
+    Pathfinder) start, guides started and whitened there, NUTS preconditioned by it, Pathfinder as a method."""
 
-    model: UserModel
-    config: PosteriorConfig
-    sites: object
-    names: list[str]
-    reference: Reference | None
-    methods: list[MethodResult]
-    histories: dict[str, np.ndarray]
-    failed: dict[str, str]
+    def __init__(self, um: UserModel, sites) -> None:
+        self.um, self.sites = um, sites
+
+    def start(self, config, reporter):
+        if config.init in GAUSSIAN_STARTS and (config.guides or (config.nuts and config.precondition)):
+            return (laplace_start if config.init == "laplace" else pathfinder_start)(self.um, self.sites, reporter,
+                                                                                      config)
+        return None
+
+    def fit(self, name, cfg, config, start):
+        return fit_user_guide(self.um, name, cfg, config, self.sites, start)
+
+    def nuts(self, config, start):
+        return run_user_nuts(self.um, config, self.sites, start)
+
+    def pathfinder(self, config):
+        return run_user_pathfinder(self.um, config, self.sites)
+
+    def describe_fit(self, name, cfg, m):
+        return (f"fitted {name:9s} in {m.seconds:6.2f} s ({m.extra['steps']} steps x {cfg['particles']} particles, "
+                f"lr {m.extra['lr']:g}, start {m.extra['start']}): ELBO {m.elbo:.4f} +- {m.elbo_se:.4f}, "
+                f"Pareto k {m.pareto_k:.2f}")
+
+    def describe_nuts(self, config, m):
+        n = config.nuts_settings
+        return (f"NUTS: {n['num_chains']} chains x {n['num_samples']} draws in {m.seconds:.1f} s, "
+                f"{m.extra['divergences']} divergences, "
+                + (f"max R-hat {m.extra['max_r_hat']:.3f}" if m.extra["max_r_hat"] is not None
+                   else "no R-hat (one chain)"))
+
+    def describe_pathfinder(self, m):
+        return (f"Pathfinder: {m.extra['usable']}, {m.extra['gradient_evals']} gradient evaluations, "
+                f"{m.seconds:.2f} s: ELBO {m.elbo:.4f} +- {m.elbo_se:.4f}, Pareto k {m.pareto_k:.2f}")
+
+
+class DrawsComparison:
+    """Reference draws (or none) as the :class:`~svilab.experiments.posterior_pipeline.Comparison` of a
+    user's model: each method's mean error in reference sds and sd ratio (warned beyond ``--max-error``),
+    the comparison and per-parameter tables, the marginals against the reference's."""
+
+    summary_vars = None
+    log_evidence = None
+
+    def __init__(self, um: UserModel, sites, names: list[str], reference: Reference | None) -> None:
+        self.um, self.sites, self.names, self.reference = um, sites, names, reference
+
+    def add_warnings(self, methods, config):
+        if self.reference is not None:
+            for m in methods:
+                m.warnings += reference_warnings(m.compare(self.reference), config.max_error)
+
+    def tables(self, result, folder, reporter):
+        reference, methods = self.reference, result.methods
+        table = comparison_table(methods, reference, per_parameter=len(self.names) <= 4)
+        if "warnings" not in table:
+            table["warnings"] = ""
+        folder.write_table("comparison", table)
+        params = parameter_table(methods, reference)
+        folder.write_table("parameters", params)
+        title = f"Posterior approximations of {self.um.name}" + (
+            f" vs the reference draws ({reference.num_draws})" if reference is not None else "")
+        reporter.table(title, table.drop(columns=["warnings"]))
+        shown = params if reference is None else params[
+            params.index.get_level_values("parameter").isin(reference.names)]
+        reporter.table("Per parameter" + (" (mean error in reference sds, sd ratio; all parameters in "
+                                          "parameters.csv)" if reference else ""), shown)
+
+    def after_summary(self, method, table, reporter):
+        pass
+
+    def figures(self, result):
+        reference = self.reference
+        shown = [n for n in self.names if reference is None or n in reference.mean] or self.names
+        return [(figure_marginals_reference(result.methods, reference.draws if reference is not None else None,
+                                            shown), "posterior_marginals")]
+
+    def trace_vars(self, result):
+        return list(self.sites.latent)[:6], True
+
+    def json(self, result):
+        return {"model": f"{self.um.path}:{self.um.func}", "reference": result.config.reference,
+                "methods": [method_json(m, self.reference) for m in result.methods]}
+
+
+#: the result of :func:`run_user` (the one pipeline's)
+UserPosteriorResult = PosteriorResult
 
 
 def run_user(um: UserModel, config: PosteriorConfig, reporter: Reporter, reference: Reference | None = None,
-             sites=None) -> UserPosteriorResult:
-    """Fit every guide (and NUTS) to the user's model; the reference's warnings added when given.
+             sites=None) -> PosteriorResult:
+    """Fit every guide (and NUTS) to the user's model; the reference's warnings added when given: the one
+    posterior pipeline (:func:`~svilab.experiments.posterior_pipeline.run_posterior`) with reference draws.
     Runs with float64 as torch's default dtype (as every user model here)."""
     with float64_default():
         sites = sites or check_user_model(um)
@@ -334,66 +397,14 @@ def run_user(um: UserModel, config: PosteriorConfig, reporter: Reporter, referen
                      + ", ".join(f"{k}{list(s.shape) if s.shape else ''}" for k, s in sites.latent.items())
                      + (f"; deterministic {', '.join(sites.deterministic)}" if sites.deterministic else "")
                      + f"; observed {', '.join(sites.observed) or 'none'}")
-        start = None
-        if config.init in GAUSSIAN_STARTS and (config.guides or (config.nuts and config.precondition)):
-            start = (laplace_start if config.init == "laplace" else pathfinder_start)(um, sites, reporter, config)
-        n = config.nuts_settings
-        methods, histories, failed = run_methods(
-            config, lambda name, cfg: fit_user_guide(um, name, cfg, config, sites, start),
-            lambda: run_user_nuts(um, config, sites, start), reporter,
-            lambda name, cfg, m: (f"fitted {name:9s} in {m.seconds:6.2f} s ({m.extra['steps']} steps x "
-                                  f"{cfg['particles']} particles, lr {m.extra['lr']:g}, start {m.extra['start']}): "
-                                  f"ELBO {m.elbo:.4f} +- {m.elbo_se:.4f}, Pareto k {m.pareto_k:.2f}"),
-            lambda m: (f"NUTS: {n['num_chains']} chains x {n['num_samples']} draws in {m.seconds:.1f} s, "
-                       f"{m.extra['divergences']} divergences, "
-                       + (f"max R-hat {m.extra['max_r_hat']:.3f}" if m.extra["max_r_hat"] is not None
-                          else "no R-hat (one chain)")),
-            lambda: run_user_pathfinder(um, config, sites),
-            lambda m: (f"Pathfinder: {m.extra['usable']}, {m.extra['gradient_evals']} gradient evaluations, "
-                       f"{m.seconds:.2f} s: ELBO {m.elbo:.4f} +- {m.elbo_se:.4f}, Pareto k {m.pareto_k:.2f}"))
-        if reference is not None:
-            for m in methods:
-                m.warnings += reference_warnings(m.compare(reference), config.max_error)
-    return UserPosteriorResult(um, config, sites, names, reference, methods, histories, failed)
+        return run_posterior(UserProblem(um, sites), DrawsComparison(um, sites, names, reference), config, reporter)
 
 
-def write_user(result: UserPosteriorResult, folder: RunFolder, reporter: Reporter) -> dict:
+def write_user(result: PosteriorResult, folder: RunFolder, reporter: Reporter) -> dict:
     """The comparison and per-parameter tables, summaries, InferenceData, figures and warnings of a
-    user's model; returns the JSON."""
-    um, config, reference, methods, names = result.model, result.config, result.reference, result.methods, result.names
-    table = comparison_table(methods, reference, per_parameter=len(names) <= 4)
-    if "warnings" not in table:
-        table["warnings"] = ""
-    folder.write_table("comparison", table)
-    params = parameter_table(methods, reference)
-    folder.write_table("parameters", params)
-    title = f"Posterior approximations of {um.name}" + (f" vs the reference draws ({reference.num_draws})"
-                                                        if reference is not None else "")
-    reporter.table(title, table.drop(columns=["warnings"]))
-    shown = params if reference is None else params[params.index.get_level_values("parameter").isin(reference.names)]
-    reporter.table("Per parameter" + (" (mean error in reference sds, sd ratio; all parameters in parameters.csv)"
-                                      if reference else ""), shown)
-    for m in methods:
-        folder.write_table(f"summary_{m.name}", summary(m.idata))
-        folder.write_netcdf(f"inference_data/{m.name}.nc", m.idata)
-    report_warnings(methods, reporter)
-    shown = [n for n in names if reference is None or n in reference.mean] or names
-    folder.save_figure(figure_marginals_reference(methods, reference.draws if reference is not None else None, shown),
-                       "posterior_marginals")
-    if result.histories:
-        folder.save_figure(figure_losses(result.histories, config.loss), "svi_loss")
-        write_histories(folder, result.histories)
-    if config.nuts:
-        import arviz as az
-
-        axes = az.plot_trace(methods[-1].idata, var_names=list(result.sites.latent)[:6], compact=True)
-        folder.save_figure(axes.ravel()[0].figure, "nuts_trace")
-    out = {"model": f"{um.path}:{um.func}", "reference": config.reference,
-           "methods": [method_json(m, reference) for m in methods]}
-    if result.failed:
-        out["failed"] = [{"name": k, "error": v} for k, v in result.failed.items()]
-    return out
+    user's model; returns the JSON (:func:`~svilab.experiments.posterior_pipeline.write_posterior`)."""
+    return write_posterior(result, folder, reporter)
 
 
-__all__ = ["UserPosteriorResult", "check_user_model", "laplace_start", "nuts_method", "parameter_names",
-           "report_warnings", "run_user", "write_histories", "write_user"]
+__all__ = ["DrawsComparison", "UserPosteriorResult", "UserProblem", "check_user_model", "laplace_start",
+           "nuts_method", "parameter_names", "report_warnings", "run_user", "write_histories", "write_user"]
