@@ -158,6 +158,7 @@ def test_nuts_time_limit_keeps_what_it_has(monkeypatch):
                         jit_compile=False, time_limit=100)
     st = res.config["stopped"]
     assert (st["chain"], st["stage"], st["chains_finished"], res.config["num_chains"]) == (2, "sampling", 1, 1)
+    assert res.config["num_samples"] == res.config["kept_iterations"] == 50         # the finished chain's draws
     torch.testing.assert_close(res.mcmc.get_samples()["a"], reference, rtol=0, atol=0)
     assert "stopped by the time limit (100 s)" in mcmc.stopped_text(st) and "kept the 1 finished chain" in \
         mcmc.stopped_text(st)

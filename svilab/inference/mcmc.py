@@ -302,7 +302,7 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
                      disable_progbar=not progress, hook_fn=monitor, initial_params=starts[c])
                 for c in range(num_chains // chains)]
     t0 = time.perf_counter()
-    done, stopped, hits, kept_iterations = [], None, 0, 0
+    done, stopped, hits, kept_iterations, kept_draws = [], None, 0, 0, num_samples
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.trace.*is deprecated")
         for run in runs:
@@ -315,6 +315,8 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
                 if not done and len(monitor.partial) >= 2:      # no finished chain: the stopped one's draws
                     done.append(_PartialChain(kernel, monitor.partial, list(kernel._divergences), args, kwargs))
                     stopped["kept"] = f"the {len(monitor.partial)} draws chain 1 had kept"
+                    kept_draws = kept_iterations = len(monitor.partial)
+                    hits = (getattr(kernel, "chain_stats", None) or {}).get("sample_depth_hits", 0)
                 break
             done.append(run)
             st = getattr(kernel, "chain_stats", None) or {}
@@ -326,7 +328,7 @@ def run_nuts(model, *args, num_samples: int = 1000, warmup_steps: int = 500, num
     mcmc = done[0] if len(done) == 1 else SequentialChains(done, args, kwargs)
     kept_chains = len(done)
     return NUTSResult(mcmc, time.perf_counter() - t0,
-                      {"num_samples": num_samples if stopped is None or "kept" not in stopped else len(monitor.partial),
+                      {"num_samples": kept_draws,
                        "warmup_steps": warmup_steps, "num_chains": kept_chains,
                        "chains_asked": num_chains,
                        "seed": seed, "target_accept_prob": target_accept_prob, "chain_method": chain_method,
