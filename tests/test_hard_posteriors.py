@@ -243,21 +243,21 @@ def test_the_exact_references_agree_with_independent_computations():
 def test_every_method_is_right_or_warned_on_the_hard_posteriors(name, tmp_path, capsys):
     """The record of issue #18 on posteriors built here, against their exact draws (quadrature): a regression
     with collinear columns (condition number 4e4) and the centred eight schools (a funnel). Every method is
-    within 0.3 exact sd on every mean or carries a warning; NUTS is within 0.1 sd on the regression. On the
-    funnel NUTS builds trees of depth 10 (70 ms an iteration) and runs under --time-limit 3: it stops and
+    within 0.3 exact sd on every mean or carries a warning (the whitened mvn on the regression within 0.3). On
+    the funnel NUTS builds trees of depth 10 (70 ms an iteration) and runs under --time-limit 3: it stops and
     says so (or, on a slow machine, is left out for having kept no draw). Small settings: the benchmark
-    (benchmarks/bench_hard_posteriors.py) runs the defaults."""
+    (benchmarks/bench_hard_posteriors.py) runs the defaults, NUTS on every posterior included."""
     import json
 
     from svilab.cli import main
 
     folder, hard = _hard()
     ref = hard.write_reference(name, tmp_path / "ref.json", n=20_000, seed=0)
-    nuts = (["--nuts-samples", "250", "--nuts-warmup", "150"] if name == "collinear" else
-            ["--nuts-samples", "100", "--nuts-warmup", "20", "--time-limit", "3"])
+    nuts = ([] if name == "collinear" else            # NUTS on a regression: the posteriordb tests
+            ["--nuts", "--chains", "2", "--nuts-samples", "100", "--nuts-warmup", "20", "--time-limit", "3"])
     argv = ["posterior", "--model", str(folder / f"{name}.py"), "--data", str(folder / f"{name}.json"),
             "--reference", str(ref), "--guides", "lognormal", "mvn", "--steps", "1000", "--particles", "8",
-            "--draws", "1000", "--elbo-samples", "2000", "--pathfinder", "--nuts", "--chains", "2", *nuts,
+            "--draws", "1000", "--elbo-samples", "2000", "--pathfinder", *nuts,
             "--json", "--out", str(tmp_path / "run")]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
@@ -266,8 +266,7 @@ def test_every_method_is_right_or_warned_on_the_hard_posteriors(name, tmp_path, 
         limit = 0.1 if m["name"] == "nuts" else 0.3
         assert m["max_abs_mean_error_sd"] <= limit or m["warnings"], (m["name"], m["max_abs_mean_error_sd"])
     if name == "collinear":
-        assert set(methods) == {"pathfinder", "lognormal", "mvn", "nuts"}
-        assert methods["nuts"]["max_abs_mean_error_sd"] <= 0.1
+        assert set(methods) == {"pathfinder", "lognormal", "mvn"}
         assert methods["mvn"]["max_abs_mean_error_sd"] <= 0.3
     elif "nuts" in methods:
         assert "stopped by the time limit (3 s)" in methods["nuts"]["warnings"][0]

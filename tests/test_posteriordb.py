@@ -63,7 +63,7 @@ def test_guides_are_close_or_warn(example):
         assert start[1].ok, start[1].message  # every shared posterior has a usable mode
         for name in ("lognormal", "mvn"):
             pyro.clear_param_store()
-            cfg = dict(config.svi[name], steps=1500)
+            cfg = dict(config.svi[name], steps=1000)
             method, _ = fit_user_guide(um, name, cfg, config, sites, start)
             worst = worst_mean_error(method.compare(ref))
             assert worst < 0.3 or method.warnings, (name, worst)
