@@ -147,27 +147,29 @@ def main(argv: list[str] | None = None, handle_signals: bool = True) -> int:
     warnings.filterwarnings("ignore", message=".*torch.jit.trace.*is deprecated")  # Pyro's JIT ELBOs/NUTS
     previous = signal.signal(signal.SIGTERM, _on_sigterm) \
         if handle_signals and threading.current_thread() is threading.main_thread() else None
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
+    """:func:`main` with its SIGTERM handler in place: parse, run, and turn bad input and signals into one line."""
     try:            # the commands' imports (torch, Pyro, ArviZ) take seconds: Ctrl-C there is one line too
         parser = build_parser()
     except (KeyboardInterrupt, Terminated) as exc:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"svilab: {what} while starting; nothing was written", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     argv = sys.argv[1:] if argv is None else list(argv)
     threads, argv = _take_threads(argv)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        raise
+    args = parser.parse_args(argv)
     if threads is None:
         threads = args.threads
     from svilab.experiments.runs import command_folders, set_command_line
 
-    set_command_line(["svilab", *(sys.argv[1:] if argv is None else argv)])
+    set_command_line(["svilab", *argv])
     try:
         with command_folders():
             from svilab.threads import apply_thread_policy
@@ -191,9 +193,6 @@ def main(argv: list[str] | None = None, handle_signals: bool = True) -> int:
     except KeyboardInterrupt:
         print(f"svilab {command_name(args)}: interrupted", file=sys.stderr)
         return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _take_threads(argv: list[str]) -> tuple[str | None, list[str]]:

@@ -69,7 +69,7 @@ SVI_FLOATS_PER_VALUE = 12
 def check_particles(sites, num_particles: int, what: str = "num_particles") -> None:
     """Refuse ``num_particles`` samples per SVI step of a model whose sites are ``sites``
     (:class:`~svilab.inference.sites.ModelSites`) when one step would not fit the budget."""
-    values = sites.latent_dim + sum(v.numel() for v in sites.observed.values())
+    values = sites.latent_dim + sites.num_observed
     item = max([v.element_size() for v in sites.observed.values()] + [4])
     check_memory(SVI_FLOATS_PER_VALUE * item * max(values, 1) * num_particles,
                  f"{what} = {num_particles} (samples per SVI step, each of {values} latent and observed values)")

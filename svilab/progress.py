@@ -20,12 +20,15 @@ class ProgressLines:
         self.total, self.every = total, every
         self.t0 = self.last = time.perf_counter()
 
-    def update(self, done: int, text: str) -> None:
+    def update(self, done: int, text) -> None:
+        """Print ``text`` (a string, or a function that makes it, called only when a line is due) with the time
+        so far and the time left, if ``every`` seconds have passed since the last line."""
         now = time.perf_counter()
         if now - self.last < self.every or done <= 0:
             return
         self.last = now
         elapsed = now - self.t0
+        text = text() if callable(text) else text
         print(f"{text} ({elapsed:.0f} s so far, about {elapsed / done * (self.total - done):.0f} s left)",
               file=sys.stderr, flush=True)
 

@@ -48,9 +48,13 @@ def test_pyro_jit_internals_jit_elbo_reads():
 
 def test_pyro_guide_and_mcmc_internals():
     """svilab/guides/mean_field.py overrides AutoGuide._setup_prototype; svilab/guides/flow.py calls
-    AutoContinuous._init_loc; svilab/inference/summaries.py reads MCMC._args/_kwargs;
-    svilab/inference/init.py marks values with _pyro_custom_init as Pyro's init strategies do."""
+    AutoContinuous._init_loc; svilab/guides/lowrank.py replays AutoLowRankMultivariateNormal._setup_prototype
+    (its attributes checked here; its parameters against Pyro's in tests/test_guides_scale.py);
+    svilab/inference/summaries.py reads MCMC._args/_kwargs; svilab/inference/init.py marks values with
+    _pyro_custom_init as Pyro's init strategies do."""
     assert callable(AutoGuide._setup_prototype) and callable(AutoContinuous._init_loc)
+    lowrank = inspect.getsource(pyro.infer.autoguide.AutoLowRankMultivariateNormal._setup_prototype)
+    assert all(a in lowrank for a in ("self.loc", "self.scale", "self.cov_factor", "_init_scale", "scale_constraint"))
     assert "_pyro_custom_init" in inspect.getsource(pyro.infer.autoguide.initialization)
 
     def model():

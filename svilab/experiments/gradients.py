@@ -535,15 +535,19 @@ def _main(args, command: str) -> int:
 
     config, model = prepare(args, command)
     reporter = Reporter(args.json)
-    user = isinstance(model, UserModel)
+
+    def guard():                           # the model's own computations only: svilab's writing is not the model's
+        return model_errors(f"--model {model.path}:{model.func}") if isinstance(model, UserModel) \
+            else contextlib.nullcontext()
+
     with float64_default():
-        with model_errors(f"--model {model.path}:{model.func}") if user else contextlib.nullcontext():
+        with guard():
             lab = make_lab(model, config, args.point)
         config = replace(config, family=lab.family, point=lab.point)
         folder = run_folder(args, command)
         folder.write_config({"command": command, **config.as_dict(), "exact_method": lab.exact_method,
                              **model.config()})
-        with model_errors(f"--model {model.path}:{model.func}") if user else contextlib.nullcontext():
+        with guard():
             result = run_elbo(lab, config) if command == "elbo" else run_gradients(lab, config)
         res = (write_elbo if command == "elbo" else write_gradients)(result, folder, reporter)
     folder.write_results(res)

@@ -336,10 +336,10 @@ def prepare(args: argparse.Namespace) -> Prepared:
             from svilab.memory import check_memory
 
             n = config.nuts_settings
-            values = sites.values_per_draw(config.log_likelihood)
-            check_memory(2 * 8 * n["num_chains"] * n["num_samples"] * values,
-                         f"NUTS's --chains {n['num_chains']} x --nuts-samples {n['num_samples']} draws of {values:,} "
-                         "latent, deterministic and pointwise log-likelihood values")
+            check_memory(_nuts_bytes(config, sites, config.log_likelihood),
+                         f"NUTS's --chains {n['num_chains']} x --nuts-samples {n['num_samples']} draws of "
+                         f"{sites.values_per_draw(config.log_likelihood):,} latent, deterministic and pointwise "
+                         "log-likelihood values")
         for g in config.guides:   # a guide that cannot hold this dimension (or a flow narrower than D)
             check_guide_memory(g, sites.latent_dim, config.svi[g]["particles"],
                                flow_hidden=config.flow["hidden_dims"], flow_layers=config.flow["num_transforms"])
@@ -347,6 +347,13 @@ def prepare(args: argparse.Namespace) -> Prepared:
         if reference is not None:
             reference.check_names(parameter_names(sites), f"reference file {args.reference}")
     return Prepared(model, config, sites, reference, notes)
+
+
+def _nuts_bytes(config: PosteriorConfig, sites, log_likelihood: bool) -> int:
+    """Bytes of NUTS's kept draws replayed through the model (every latent, deterministic and, with
+    ``log_likelihood``, pointwise log-likelihood value; twice: the samples and their InferenceData)."""
+    n = config.nuts_settings
+    return 2 * 8 * n["num_chains"] * n["num_samples"] * sites.values_per_draw(log_likelihood)
 
 
 def _fit_log_likelihood(config: PosteriorConfig, sites) -> tuple[PosteriorConfig, list[str]]:
@@ -361,15 +368,15 @@ def _fit_log_likelihood(config: PosteriorConfig, sites) -> tuple[PosteriorConfig
         return config, []
     n = config.nuts_settings
     kept = max([config.draws] + ([n["num_chains"] * n["num_samples"]] if config.nuts else []))
-    def need(log_likelihood: bool) -> int:
-        return draws_bytes(kept, sites, log_likelihood) + (
-            8 * kept * sites.values_per_draw(log_likelihood) if config.nuts else 0)
+
+    def need(log_likelihood: bool) -> int:          # the guides' draws and NUTS's, as the checks count them
+        return max(draws_bytes(config.draws, sites, log_likelihood),
+                   _nuts_bytes(config, sites, log_likelihood) if config.nuts else 0)
 
     budget = memory_budget()
     if need(True) <= budget or need(False) > budget:      # fits, or too big either way: the checks refuse it
         return config, []
-    observations = sum(v.numel() for v in sites.observed.values())
-    note = (f"the pointwise log-likelihood ({kept:,} draws x {observations:,} observations, about "
+    note = (f"the pointwise log-likelihood ({kept:,} draws x {sites.num_observed:,} observations, about "
             f"{format_bytes(need(True))} with the draws) would not fit svilab's memory budget of "
             f"{format_bytes(budget)}: left out of the InferenceData (no LOO/WAIC); fewer --draws/--nuts-samples "
             "keep it, --no-log-likelihood leaves it out without this warning")

@@ -168,7 +168,7 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: PosteriorConfig,
     return method, result.history
 
 
-def pathfinder_start(um: UserModel, sites, reporter: Reporter | None = None, config: PosteriorConfig | None = None):
+def pathfinder_start(um: UserModel, sites, reporter: Reporter | None, config: PosteriorConfig):
     """Pathfinder's best Gaussian (:mod:`svilab.inference.pathfinder`, ``config.pathfinder_settings``) as the
     start, in the form of the Laplace start (:func:`laplace_start`): where the posterior has no mode (a
     funnel) or its Hessian is not usable, a Gaussian fitted by its ELBO along the L-BFGS path still is."""
@@ -178,15 +178,16 @@ def pathfinder_start(um: UserModel, sites, reporter: Reporter | None = None, con
 
     target = UnconstrainedTarget(um.model, sites)
     t0 = time.perf_counter()
-    s = config.pathfinder_settings if config is not None else {"num_paths": 4, "draws_per_iter": 20}
+    s = config.pathfinder_settings
     try:
         r = pathfinder(target, num_paths=s["num_paths"], num_draws=100, draws_per_iter=s["draws_per_iter"],
-                       seed=config.seed if config is not None else 0)
+                       seed=config.seed)
         precision = torch.cholesky_inverse(torch.linalg.cholesky(r.cov))
+        cond = condition_number(precision)
         approx = LaplaceApproximation(
             r.loc, r.cov, 0.5 * (precision + precision.T), True,
             f"Pathfinder's best Gaussian ({r.message}, {r.gradient_evals} gradient evaluations; condition number "
-            f"{condition_number(precision):.3g})", r.elbo, condition_number(precision))
+            f"{cond:.3g})", r.elbo, cond)
     except (RuntimeError, ValueError) as exc:
         approx = LaplaceApproximation(torch.zeros(target.dim), None, None, False, f"failed: {exc}")
     if reporter is not None:

@@ -182,7 +182,7 @@ class _JointPrior:
         self.parts = []
         for fn, value in zip(priors, values, strict=True):
             t = biject_to(fn.support)
-            shape = t.inv(value).shape if not _is_identity(t) else value.shape
+            shape = t.inv(value).shape
             self.parts.append((fn, t, shape, shape.numel() // self.particles))
         dim = sum(n for *_, n in self.parts)
         if dim != self.event_shape[-1]:

@@ -160,8 +160,7 @@ def laplace(target: UnconstrainedTarget, init: torch.Tensor, max_iter: int = 100
     if chol is None:
         d = precision.diagonal().abs().clamp_min(1e-300).sqrt()
         eig, vec = torch.linalg.eigh(precision / d[:, None] / d[None, :])
-        names = getattr(target, "names", None) or [f"z[{i + 1}]" for i in range(target.dim)]
-        worst = names[int(vec[:, 0].abs().argmax())]
+        worst = _names(target)[int(vec[:, 0].abs().argmax())]
         return LaplaceApproximation(mode, None, None, False, (
             f"the Hessian at the end of the mode search is not negative definite: the precision scaled to a unit "
             f"diagonal has eigenvalue {float(eig[0]):.3g} (1 for independent coordinates, 0 for a flat direction), "
@@ -181,13 +180,17 @@ def laplace(target: UnconstrainedTarget, init: torch.Tensor, max_iter: int = 100
                                 f"{corr:.3g} after scaling, {raw:.3g} before)", value, raw)
 
 
+def _names(target) -> list[str]:
+    """The target's coordinate names (Stan's style), or ``z[i]``."""
+    return list(getattr(target, "names", None) or [f"z[{i + 1}]" for i in range(target.dim)])
+
+
 def _no_mode(target: UnconstrainedTarget, z: torch.Tensor, best: float) -> str:
     """Why a mode search that left the region where the model can be evaluated failed, in numbers: the
     coordinate furthest out and the log density reached before."""
-    names = getattr(target, "names", None) or [f"z[{i + 1}]" for i in range(target.dim)]
     i = int(z.abs().argmax())
-    return (f"the mode search went where the log density is not finite (it had reached {best:.6g} and was rising; "
-            f"{names[i]} at {float(z[i]):.4g} on the unconstrained scale): the posterior has no mode in that "
+    return (f"the mode search went where the log density is not finite (the best it had reached: {best:.6g}; "
+            f"{_names(target)[i]} at {float(z[i]):.4g} on the unconstrained scale): the posterior has no mode in that "
             "direction (a funnel, where the density grows without bound as a scale goes to 0: a non-centred "
             "parameterisation has one; or an improper posterior)")
 

@@ -62,8 +62,8 @@ class _Monitor:
     progress bar (stderr not a terminal) a line at most every ``every`` seconds with the chain, the stage, the
     iteration, iterations per second, the tree depth and the divergences so far, and the time left
     (:class:`svilab.progress.ProgressLines`); with ``time_limit``, it stops the run
-    (:class:`TimeLimitReached`) once that many seconds have passed and keeps the kept draws of the chain it
-    stops (unconstrained, as the kernel holds them) so that a run stopped in its first chain still has them."""
+    (:class:`TimeLimitReached`) once that many seconds have passed, keeping the first chain's draws as it goes
+    (unconstrained, as the kernel holds them) so that a run stopped in its first chain still has them."""
 
     def __init__(self, num_chains: int, warmup: int, samples: int, lines: bool, time_limit: float | None,
                  every: float = 15.0) -> None:
@@ -83,13 +83,13 @@ class _Monitor:
         sampling = not stage.startswith("Warmup")
         self.step = i + 1 if not sampling else self.warmup + i + 1
         self.stage = "sampling" if sampling else "warmup"
-        if sampling and self.time_limit is not None:
+        if sampling and self.time_limit is not None and self.chain == 1:    # kept only if no chain finishes
             self.partial.append({k: v.detach().clone() for k, v in params.items()})
         elapsed = time.perf_counter() - self.t0
-        if self.lines is not None:
-            self.lines.update(self.done, f"NUTS chain {self.chain}/{self.num_chains}: {self.stage} {self.step}/"
-                                         f"{self.per_chain}, {self.done / max(elapsed, 1e-9):.1f} it/s, "
-                                         f"{_depth_text(kernel)}")
+        if self.lines is not None:        # the text is made only when a line is due
+            self.lines.update(self.done, lambda: f"NUTS chain {self.chain}/{self.num_chains}: {self.stage} "
+                                                 f"{self.step}/{self.per_chain}, {self.done / max(elapsed, 1e-9):.1f} "
+                                                 f"it/s, {_depth_text(kernel)}")
         if self.time_limit is not None and elapsed > self.time_limit:
             raise TimeLimitReached()
 

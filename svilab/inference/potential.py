@@ -49,7 +49,7 @@ class UnconstrainedTarget(Target):
         super().__init__(self._log_joint, None, dim=sum(self.sizes.values()), support="real")
         #: coordinate names, Stan's style (``beta[2]``)
         self.names = tuple(names)
-        cells = max(1, sum(v.numel() for v in sites.observed.values()))
+        cells = max(1, sites.num_observed)
         #: the largest batch evaluated at once (estimate() chunks by it)
         self.max_batch = max(256, MAX_CELLS // cells)
 

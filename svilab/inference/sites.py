@@ -79,7 +79,12 @@ class ModelSites:
         ``log_likelihood``, one pointwise log-likelihood per observed value (what draws and memory checks
         count)."""
         return (self.latent_dim + sum(torch.Size(d).numel() for d in self.deterministic.values())
-                + (sum(v.numel() for v in self.observed.values()) if log_likelihood else 0))
+                + (self.num_observed if log_likelihood else 0))
+
+    @property
+    def num_observed(self) -> int:
+        """Total number of scalar observed values (one pointwise log-likelihood each)."""
+        return sum(v.numel() for v in self.observed.values())
 
     @property
     def unconstrained_shapes(self) -> dict[str, tuple[int, ...]]:
