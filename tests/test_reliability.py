@@ -626,3 +626,30 @@ def test_a_signal_while_the_command_starts_is_one_line(sig, rc, said, tmp_path):
     assert p.returncode == rc and said in err and "Traceback" not in err, (p.returncode, err)
     if "while starting" in err:        # on a machine that imports in under 0.5 s the command itself stopped
         assert not (tmp_path / "r").exists()
+
+
+def test_the_lock_appears_with_its_holder_and_one_of_many_racing_processes_wins(tmp_path, monkeypatch):
+    """The lock file is never seen empty: it is a hard link to a file already holding the pid (created empty
+    and written after, a second process could read it in between, take it for stale, remove it, and both ran:
+    CI saw two `posterior` runs in one folder both end with rc 0). At the moment the link is made the holder is
+    readable; and of eight processes taking one folder at once, exactly one wins."""
+    import subprocess
+
+    from svilab.experiments import runs
+
+    seen = []
+    real_link = os.link
+
+    def link(src, dst):
+        real_link(src, dst)
+        seen.append(runs.read_lock(Path(dst).parent))
+
+    monkeypatch.setattr(runs.os, "link", link)
+    folder = RunFolder("exact", out=tmp_path / "a")
+    assert seen and seen[0] is not None and seen[0]["pid"] == os.getpid()
+    folder.finish()
+    code = ("import sys, time\nfrom svilab.experiments.runs import RunFolder, RunFolderError\n"
+            "try:\n    f = RunFolder('exact', out=sys.argv[1])\nexcept RunFolderError:\n    sys.exit(2)\n"
+            "time.sleep(1.0)\nf.finish()")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "b")]) for _ in range(8)]
+    assert sorted(p.wait(timeout=60) for p in procs) == [0] + [2] * 7

@@ -36,6 +36,7 @@ import platform
 import shutil
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -135,6 +136,30 @@ def read_lock(folder: Path) -> dict | None:
     if isinstance(got, dict) and isinstance(got.get("pid"), int):
         return {"pid": got["pid"], "host": got.get("host") or _host()}
     return {"pid": 0, "host": _host()}
+
+
+def _create_lock(lock: Path, content: str) -> None:
+    """Create ``lock`` holding ``content``, atomically: the content goes to a file of this process's own, which
+    is then hard-linked to the lock's name (``FileExistsError`` when another process holds it). Created empty
+    and written after (``O_EXCL``), a second process could read the lock before its content, take it for stale
+    and remove it: two runs in one folder. Where the file system has no hard links, ``O_EXCL`` it is."""
+    tmp = lock.with_name(f"{LOCK}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        tmp.write_text(content)
+    except OSError as exc:
+        raise write_error(lock, exc) from None
+    try:
+        os.link(tmp, lock)                 # FileExistsError: another process holds it
+        return
+    except FileExistsError:
+        raise
+    except OSError:                        # no hard links on this file system
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(content)
 
 
 def lock_holder(folder: Path) -> dict | None:
@@ -272,7 +297,7 @@ class RunFolder:
             if mode == "resume":
                 if not path.is_dir():
                     raise RunFolderError(f"cannot resume {path}: no such run folder")
-            elif path.is_dir() and any(p.name != LOCK for p in path.iterdir()):
+            elif path.is_dir() and any(not p.name.startswith(LOCK) for p in path.iterdir()):
                 if mode == "new":
                     raise RunFolderError(
                         f"run folder {path} is not empty{describe_status(path)}; choose a new --out, or pass "
@@ -289,7 +314,7 @@ class RunFolder:
         self._lock()
         if mode == "overwrite" and out is not None:
             for p in path.iterdir():
-                if p.name != LOCK:
+                if not p.name.startswith(LOCK):
                     shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         previous = read_status(path) if mode == "resume" else None
         self.started = _now()
@@ -327,7 +352,7 @@ class RunFolder:
         lock = self.path / LOCK
         for _ in range(2):
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                _create_lock(lock, json.dumps({"pid": os.getpid(), "host": _host()}))
             except FileExistsError:
                 holder = lock_holder(self.path)
                 if holder is not None:
@@ -340,12 +365,6 @@ class RunFolder:
                 continue
             except OSError as exc:
                 raise RunFolderError(f"cannot create run folder {self.path}: {exc.strerror or exc}") from None
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(json.dumps({"pid": os.getpid(), "host": _host()}))
-            except OSError as exc:
-                lock.unlink(missing_ok=True)
-                raise write_error(lock, exc) from None
             return
         raise RunFolderError(f"run folder {self.path}: could not take its lock {lock}")
 
