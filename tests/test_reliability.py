@@ -653,3 +653,34 @@ def test_the_lock_appears_with_its_holder_and_one_of_many_racing_processes_wins(
             "time.sleep(1.0)\nf.finish()")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "b")]) for _ in range(8)]
     assert sorted(p.wait(timeout=60) for p in procs) == [0] + [2] * 7
+
+
+def test_a_folder_another_process_made_and_locked_first_is_never_removed_by_the_loser(tmp_path, monkeypatch):
+    """CI saw two `posterior` runs on one `--out`: both made the folder (each saw it missing before its
+    mkdir), one took the lock, and the loser, failing on "in use", removed the folder it thought it had made,
+    under the winner ("was removed while the command ran"). Played out here deterministically: another live
+    process makes and locks the folder right after this one's mkdir."""
+    import subprocess
+
+    from svilab.experiments import runs
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        real_make = runs.RunFolder._make
+
+        def make(path, exist_ok):
+            made = real_make(path, exist_ok)
+            (path / LOCK).write_text(json.dumps({"pid": other.pid, "host": runs._host()}))
+            (path / "status.json").write_text("{}")
+            return made
+
+        monkeypatch.setattr(runs.RunFolder, "_make", staticmethod(make))
+        monkeypatch.setattr(runs, "_CREATED", [])          # earlier tests' folders are not this one's question
+        out = tmp_path / "run"
+        with pytest.raises(runs.RunFolderError, match="in use by svilab process"):
+            RunFolder("posterior", out=out)
+        assert runs.discard_unfinished() == []
+        assert (out / LOCK).exists() and (out / "status.json").exists()
+    finally:
+        other.kill()
+        other.wait()

@@ -283,8 +283,10 @@ class RunFolder:
                 if self._make(path, exist_ok=False):
                     break
                 k += 1
+            created = True
         else:
             path = Path(out)
+            created = False
             if path.exists() and not path.is_dir():
                 raise RunFolderError(f"cannot create run folder {path}: it exists and is a file")
             if _parent is None:
@@ -309,9 +311,12 @@ class RunFolder:
                     raise RunFolderError(f"--overwrite: {path} is not an svilab run folder (no svilab config.json); "
                                          "not removing its contents")
             else:
-                self._make(path, exist_ok=True)
+                created = self._make(path, exist_ok=True)
         self.path = path
         self._lock()
+        if created:
+            _CREATED.append(path)          # ours to remove on bad input only once it is locked by us: a folder
+            #                                a racing process made first and locked is never ours to remove
         if mode == "overwrite" and out is not None:
             for p in path.iterdir():
                 if not p.name.startswith(LOCK):
@@ -335,6 +340,7 @@ class RunFolder:
 
     @staticmethod
     def _make(path: Path, exist_ok: bool) -> bool:
+        """Create ``path``; whether this call created it (False: it existed, and ``exist_ok``)."""
         existed = path.exists()
         try:
             path.mkdir(parents=True, exist_ok=exist_ok)
@@ -344,9 +350,7 @@ class RunFolder:
             raise RunFolderError(f"cannot create run folder {path}: it exists and is not a folder") from None
         except OSError as exc:
             raise RunFolderError(f"cannot create run folder {path}: {exc.strerror or exc}") from None
-        if not existed:
-            _CREATED.append(path)
-        return True
+        return not existed
 
     def _lock(self) -> None:
         lock = self.path / LOCK
@@ -481,7 +485,8 @@ def discard_unfinished() -> list[Path]:
     Returns the folders removed."""
     removed = []
     for path in reversed(_CREATED):
-        if not path.is_dir() or any(path.rglob("results.json")) or any(path.rglob("checkpoint.pt")):
+        if (not path.is_dir() or any(path.rglob("results.json")) or any(path.rglob("checkpoint.pt"))
+                or lock_holder(path) is not None):
             continue
         for f in [f for f in _OPEN if f.path == path or path in f.path.parents]:
             f.closed = True
