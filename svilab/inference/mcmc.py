@@ -188,6 +188,11 @@ class _StartedNUTS(_CountingNUTS):
         perm = torch.tensor([i for name in key for i in offsets[name]])
         m = self._start_inverse_mass.to(current[key].dtype)[perm][:, perm]
         self._adapter.mass_matrix_adapter.inverse_mass_matrix = {**current, key: 0.5 * (m + m.T)}
+        if self._adapter.adapt_step_size:
+            # Pyro searched the first step size under the identity mass matrix: on a badly scaled posterior a
+            # step far too small for this one, and warm-up's first iterations then ran to the maximum tree
+            # depth (7 x 1023 leapfrog steps per chain on examples/hard/years.py) until dual averaging grew it
+            self._adapter.reset_step_size_adaptation(self._initial_params)
 
 
 @dataclass
