@@ -307,6 +307,34 @@ def test_sigterm_stops_with_a_message(tmp_path):
     assert "terminated (SIGTERM)" in err and "Traceback" not in err
 
 
+
+def test_ctrl_c_in_a_run_whose_model_is_slow_stops_it_within_seconds(tmp_path):
+    """A user's model that takes 50 ms a call (a slow likelihood): Ctrl-C reaches Python between two of its
+    calls, and the run ends ``interrupted`` (one line, status 130, status.json saying so) within seconds,
+    wherever it was (Laplace start, the fit)."""
+    (tmp_path / "m.py").write_text("import time\nimport pyro\nimport pyro.distributions as dist\n\n\ndef model(data):\n"
+                                   "    time.sleep(0.05)\n"
+                                   "    mu = pyro.sample('mu', dist.Normal(0.0, 1.0))\n"
+                                   "    with pyro.plate('data', data['x'].shape[0]):\n"
+                                   "        pyro.sample('x', dist.Normal(mu, 1.0), obs=data['x'])\n")
+    (tmp_path / "d.json").write_text('{"x": [0.5, 1.2, -0.3, 0.8]}')
+    out = tmp_path / "r"
+    p = subprocess.Popen([sys.executable, "-m", "svilab", "posterior", "--model", str(tmp_path / "m.py"), "--data",
+                          str(tmp_path / "d.json"), "--guides", "lognormal", "--steps", "100000", "--out", str(out)],
+                         env={**os.environ, "MPLBACKEND": "Agg"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 60
+    while not (out / "config.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    sent = time.time()
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=60)[1]
+    took = time.time() - sent
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, (p.returncode, err)
+    assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
+    assert took < 15, took                   # measured 1.3-1.5 s: between two model calls, then the folder's status
+
 # ----------------------------------------------------------------------------- MNIST files
 @pytest.mark.parametrize("damage, message", [
     ("truncated", "the header says 40 images"),
