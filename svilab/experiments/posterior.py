@@ -262,6 +262,9 @@ def register(sub) -> None:
     g.add_argument("--nuts-samples", type=int, default=500, help="NUTS draws per chain")
     g.add_argument("--nuts-warmup", type=int, default=300, help="NUTS warm-up steps per chain")
     g.add_argument("--chains", type=int, default=4, help="NUTS chains")
+    g.add_argument("--neutra", action="store_true",
+                   help="--model: run NUTS in the coordinates of the fitted flow guide (neural transport, Hoffman et "
+                        "al. 2019), where a funnel or a curved ridge is round; needs --nuts and the flow guide")
     g.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="stop NUTS after this many seconds and keep what it has: the chains that finished (or the "
                         "first chain's draws so far), with a warning saying where it stopped")
@@ -295,7 +298,8 @@ def config_from_args(args: argparse.Namespace, model) -> PosteriorConfig:
         flow_hidden=getattr(args, "flow_hidden", None), flow_layers=getattr(args, "flow_layers", None),
         batch_size=getattr(args, "batch_size", None), log_likelihood=getattr(args, "log_likelihood", True),
         pathfinder=getattr(args, "pathfinder", False), pathfinder_paths=getattr(args, "pathfinder_paths", 4),
-        pathfinder_draws=getattr(args, "pathfinder_draws", 20), time_limit=getattr(args, "time_limit", None))
+        pathfinder_draws=getattr(args, "pathfinder_draws", 20), time_limit=getattr(args, "time_limit", None),
+        neutra=getattr(args, "neutra", False))
 
 
 @dataclass

@@ -66,6 +66,7 @@ class PosteriorConfig:
         all rows); every evaluation uses all rows (:mod:`svilab.inference.subsample`).
     :ivar log_likelihood: keep the pointwise log-likelihood in the draws and InferenceData.
     :ivar pathfinder: also run multi-path Pathfinder (``--model``), with ``pathfinder_settings``.
+    :ivar neutra: run NUTS in the coordinates of the fitted flow guide (NeuTra, :mod:`svilab.inference.neutra`).
     """
 
     guides: tuple[str, ...]
@@ -89,6 +90,7 @@ class PosteriorConfig:
     log_likelihood: bool = True
     pathfinder: bool = False
     pathfinder_settings: dict = field(default_factory=lambda: {"num_paths": 4, "draws_per_iter": 20})
+    neutra: bool = False
 
     @classmethod
     def for_model(cls, model, *, guides=None, loss: str = "trace_elbo", alpha: float | None = None, seed: int = 0,
@@ -98,7 +100,8 @@ class PosteriorConfig:
                   max_error: float = 0.5, precondition: bool = True, flow_hidden=None,
                   flow_layers: int | None = None, batch_size: int | None = None,
                   log_likelihood: bool = True, pathfinder: bool = False, pathfinder_paths: int = 4,
-                  pathfinder_draws: int = 20, time_limit: float | None = None) -> PosteriorConfig:
+                  pathfinder_draws: int = 20, time_limit: float | None = None,
+                  neutra: bool = False) -> PosteriorConfig:
         """The configuration for ``model`` (a ``PoissonGamma`` or a ``UserModel``) with these options,
         every default filled in and every option checked (the messages name the command-line option)."""
         from svilab.models.user import UserModel
@@ -132,6 +135,13 @@ class PosteriorConfig:
             if not nuts:
                 raise ValueError("--time-limit limits NUTS; give --nuts too")
             time_limit = positive(time_limit, "--time-limit")
+        if neutra:
+            if not user:
+                raise ValueError("--neutra needs --model (NUTS on the Poisson-Gamma model needs no reparameterisation)")
+            if not nuts:
+                raise ValueError("--neutra runs NUTS in the flow guide's coordinates; give --nuts too")
+            if "flow" not in names:
+                raise ValueError("--neutra runs NUTS in the coordinates of the fitted flow guide; --guides has no flow")
         if pathfinder and not user:
             raise ValueError("--pathfinder needs --model (the Poisson-Gamma model has its exact posterior)")
         pf = {"num_paths": positive_int(pathfinder_paths, "--pathfinder-paths"),
@@ -153,13 +163,13 @@ class PosteriorConfig:
                            "num_chains": positive_int(chains, "--chains"), "time_limit": time_limit},
             reference=reference, max_error=positive(max_error, "--max-error"), user=user, model=model.config(),
             flow=flow, batch_size=batch_size, log_likelihood=bool(log_likelihood), pathfinder=bool(pathfinder),
-            pathfinder_settings=pf)
+            pathfinder_settings=pf, neutra=bool(neutra))
 
     def as_dict(self) -> dict:
         """``config.json``: the command, every setting and the model's configuration."""
         extra = {"reference": self.reference, "max_error": self.max_error, "init": self.init,
                  "precondition": self.precondition, "batch_size": self.batch_size,
-                 "log_likelihood": self.log_likelihood, "pathfinder": self.pathfinder,
+                 "log_likelihood": self.log_likelihood, "pathfinder": self.pathfinder, "neutra": self.neutra,
                  **({"pathfinder_settings": self.pathfinder_settings} if self.pathfinder else {})
                  } if self.user else {"init": self.init}
         return {"command": "posterior", "guides": list(self.guides), "loss": self.loss, "alpha": self.alpha,

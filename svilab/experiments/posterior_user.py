@@ -119,9 +119,10 @@ def laplace_start(um: UserModel, sites, reporter: Reporter | None = None, config
     return target, approx
 
 
-def fit_user_guide(um: UserModel, name: str, cfg: dict, config: PosteriorConfig, sites, start=None
-                   ) -> tuple[MethodResult, np.ndarray]:
-    """Fit one guide to the user's model and evaluate it (ELBO, Pareto k, draws, warnings).
+def fit_user_guide(um: UserModel, name: str, cfg: dict, config: PosteriorConfig, sites, start=None,
+                   keep: dict | None = None) -> tuple[MethodResult, np.ndarray]:
+    """Fit one guide to the user's model and evaluate it (ELBO, Pareto k, draws, warnings); the fitted guide
+    goes into ``keep[name]`` when ``keep`` is given (NeuTra runs NUTS in its coordinates).
 
     ``start``: ``(target, LaplaceApproximation)`` from :func:`laplace_start` when ``config.init`` is
     ``laplace``; guides whose :class:`~svilab.guides.GuideSpec` has ``laplace`` start there when it is usable."""
@@ -165,6 +166,8 @@ def fit_user_guide(um: UserModel, name: str, cfg: dict, config: PosteriorConfig,
                                  "start": (f"{config.init}, whitened" if whiten else config.init) if use_laplace
                                  else ("uniform" if config.init in GAUSSIAN_STARTS else config.init),
                                  "final_loss": result.final_loss if len(result.history) else None})
+    if keep is not None:
+        keep[name] = guide
     return method, result.history
 
 
@@ -229,12 +232,24 @@ def run_user_pathfinder(um: UserModel, config: PosteriorConfig, sites) -> Method
                                "best_iteration": r.best_iteration})
 
 
-def run_user_nuts(um: UserModel, config: PosteriorConfig, sites, start=None) -> MethodResult:
+def run_user_nuts(um: UserModel, config: PosteriorConfig, sites, start=None, flow=None) -> MethodResult:
     """NUTS on the user's model. With a usable Laplace approximation (``start``) and ``config.precondition``,
     each chain starts at a draw from N(mode, 1.5^2 Sigma) and the dense mass matrix is Sigma, kept through
     warm-up (Pyro's re-estimate is shrunk towards 1e-3 I, which ruins posteriors with scales far below
-    that); otherwise Stan's uniform init and the adapted mass matrix."""
+    that); otherwise Stan's uniform init and the adapted mass matrix. With ``config.neutra``, NUTS runs in the
+    coordinates of the fitted ``flow`` guide instead (:func:`svilab.inference.neutra.neutra_nuts`); without one
+    (the flow was left out) on the model's own, with a warning saying so."""
     n = config.nuts_settings
+    if config.neutra and flow is not None:
+        from svilab.inference.neutra import neutra_nuts
+
+        with model_errors("NUTS"):
+            res = neutra_nuts(um.model, flow, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"],
+                              num_chains=n["num_chains"], seed=config.seed, max_plate_nesting=sites.max_plate_nesting,
+                              time_limit=n.get("time_limit"))
+        method = nuts_method(res)
+        method.extra["reparam"] = "neutra (flow)"
+        return method
     init = "uniform" if config.init in GAUSSIAN_STARTS else config.init  # NUTS adapts from Stan's init
     extra = {}
     if preconditioned(config, start):
@@ -248,7 +263,11 @@ def run_user_nuts(um: UserModel, config: PosteriorConfig, sites, start=None) -> 
         res = run_nuts(um.model, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"],
                        num_chains=n["num_chains"], seed=config.seed, init=init,
                        max_plate_nesting=sites.max_plate_nesting, time_limit=n.get("time_limit"), **extra)
-    return nuts_method(res)
+    method = nuts_method(res)
+    if config.neutra:
+        method.warnings.insert(0, "--neutra: the flow guide was left out of the comparison, so NUTS ran in the "
+                                  "model's own coordinates")
+    return method
 
 
 def nuts_method(res) -> MethodResult:
@@ -296,6 +315,7 @@ class UserProblem:
 
     def __init__(self, um: UserModel, sites) -> None:
         self.um, self.sites = um, sites
+        self.fitted: dict = {}            # the flow guide, kept for NeuTra
 
     def start(self, config, reporter):
         if config.init in GAUSSIAN_STARTS and (config.guides or (config.nuts and config.precondition)):
@@ -304,10 +324,11 @@ class UserProblem:
         return None
 
     def fit(self, name, cfg, config, start):
-        return fit_user_guide(self.um, name, cfg, config, self.sites, start)
+        keep = self.fitted if config.neutra and guide_name(name) == "flow" else None
+        return fit_user_guide(self.um, name, cfg, config, self.sites, start, keep)
 
     def nuts(self, config, start):
-        return run_user_nuts(self.um, config, self.sites, start)
+        return run_user_nuts(self.um, config, self.sites, start, self.fitted.get("flow"))
 
     def pathfinder(self, config):
         return run_user_pathfinder(self.um, config, self.sites)
@@ -319,7 +340,9 @@ class UserProblem:
 
     def describe_nuts(self, config, m):
         n = config.nuts_settings
-        return (f"NUTS: {n['num_chains']} chains x {n['num_samples']} draws in {m.seconds:.1f} s, "
+        where = " (NeuTra: in the coordinates of the flow guide)" if m.extra.get("reparam") else ""
+        return (f"NUTS{where}: "
+                f"{n['num_chains']} chains x {n['num_samples']} draws in {m.seconds:.1f} s, "
                 f"{m.extra['divergences']} divergences, "
                 + (f"max R-hat {m.extra['max_r_hat']:.3f}" if m.extra["max_r_hat"] is not None
                    else "no R-hat (one chain)"))
