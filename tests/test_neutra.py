@@ -34,11 +34,11 @@ def test_neutra_nuts_draws_the_models_posterior_through_an_unfitted_elementwise_
     pyro.set_rng_seed(0)
     guide = AutoDiagonalNormal(_model)
     guide()
-    res = neutra_nuts(_model, guide, num_samples=400, warmup_steps=200, num_chains=2, seed=0, progress=False,
+    res = neutra_nuts(_model, guide, num_samples=300, warmup_steps=150, num_chains=2, seed=0, progress=False,
                       max_plate_nesting=1)
     assert res.config["reparam"] == "neutra"
     draws = res.mcmc.get_samples(group_by_chain=True)
-    assert set(draws) == {"x", "s"} and draws["x"].shape == (2, 400, 2) and draws["s"].shape == (2, 400, 3)
+    assert set(draws) == {"x", "s"} and draws["x"].shape == (2, 300, 2) and draws["s"].shape == (2, 300, 3)
     s = summary(mcmc_inference_data(res))
     exact = {"x[1]": (1.0, 2.0), "x[2]": (-1.0, 0.1)}
     exact.update({f"s[{i}]": (math.exp(0.125), math.sqrt((math.exp(0.25) - 1) * math.exp(0.25))) for i in (1, 2, 3)})
@@ -92,8 +92,8 @@ def test_posterior_neutra_on_the_builtin_model_is_refused(capsys, tmp_path):
 def test_posterior_neutra_runs_nuts_in_the_flows_coordinates(model_file, capsys):
     out = model_file / "r"
     assert main(["posterior", "--model", str(model_file / "m.py"), "--data", str(model_file / "d.json"),
-                 "--guides", "flow", "--steps", "200", "--draws", "200", "--elbo-samples", "500", "--nuts", "--neutra",
-                 "--nuts-samples", "100", "--nuts-warmup", "100", "--chains", "2", "--json", "--out", str(out)]) == 0
+                 "--guides", "flow", "--steps", "100", "--draws", "200", "--elbo-samples", "500", "--nuts", "--neutra",
+                 "--nuts-samples", "60", "--nuts-warmup", "60", "--chains", "2", "--json", "--out", str(out)]) == 0
     cap = capsys.readouterr()
     res = json.loads(cap.out)
     nuts = next(m for m in res["methods"] if m["name"] == "nuts")

@@ -75,3 +75,20 @@ def test_nuts_base_tree_and_masked_distribution_internals():
     assert params[:3] == ["self", "z", "r"]
     masked = dist.Normal(torch.zeros(3), 1.0).mask(torch.tensor([True, False, True]))
     assert isinstance(masked, MaskedDistribution) and torch.equal(masked._mask, torch.tensor([True, False, True]))
+
+
+def test_hmc_adapter_and_neutra_internals():
+    """svilab/inference/mcmc.py sets the starting dense mass matrix in HMC._initialize_adapter and searches the
+    first step size again through HMC._adapter.reset_step_size_adaptation(HMC._initial_params);
+    svilab/inference/neutra.py replaces NeuTraReparam.guide, whose apply() takes the transform from
+    guide.get_transform() and adds its log-Jacobian to the first site's density as it comes."""
+    from pyro.infer.mcmc import HMC
+    from pyro.infer.mcmc.adaptation import WarmupAdapter
+    from pyro.infer.reparam import NeuTraReparam
+
+    src = inspect.getsource(HMC._initialize_adapter)
+    assert "self._adapter.configure" in src and "reset_step_size_adaptation(self._initial_params)" in src
+    assert callable(WarmupAdapter.reset_step_size_adaptation) and hasattr(WarmupAdapter, "mass_matrix_adapter")
+    apply = inspect.getsource(NeuTraReparam.apply)
+    assert "self.guide.get_transform()" in apply and "log_abs_det_jacobian" in apply
+    assert "self.guide._unpack_latent" in inspect.getsource(NeuTraReparam.transform_sample)
