@@ -67,6 +67,9 @@ class NeuTraChains:
         self.args, self.kwargs = getattr(run, "args", ()), getattr(run, "kwargs", {})
 
     def get_samples(self, num_samples=None, group_by_chain: bool = False) -> dict:
+        """The model's latent sites (constrained), ``{site: (chains * draws, *shape)}``, or ``(chains, draws,
+        *shape)`` with ``group_by_chain``; ``num_samples`` is ignored (every kept draw), as in
+        :class:`~svilab.inference.mcmc.SequentialChains`."""
         (z,) = self.run.get_samples(group_by_chain=True).values()             # (chains, draws, D): the base
         chains, draws = z.shape[:2]
         guide = self.neutra.guide
@@ -79,6 +82,8 @@ class NeuTraChains:
         return {k: v.reshape(lead + tuple(guide.prototype_trace.nodes[k]["value"].shape)) for k, v in values.items()}
 
     def diagnostics(self) -> dict:
+        """R-hat and ESS of the model's sites (:func:`~svilab.inference.mcmc.mcmc_diagnostics`) with the run's
+        per-chain statistics (``divergences``, ``acceptance rate``), keyed as :class:`pyro.infer.MCMC` keys them."""
         diag = mcmc_diagnostics(self.get_samples(group_by_chain=True))
         inner = self.run.diagnostics()
         for name, per in inner.items():
