@@ -25,9 +25,9 @@ geometry would force tiny steps, many divergences or the maximum tree depth.
 from __future__ import annotations
 
 import torch
-from torch.distributions.transforms import IndependentTransform
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.reparam import NeuTraReparam
+from torch.distributions.transforms import IndependentTransform
 
 from svilab.inference.mcmc import NUTSResult, mcmc_diagnostics, run_nuts
 
@@ -58,7 +58,7 @@ class NeuTraChains:
 
     class _Kernel:
         def __init__(self, model, inner) -> None:
-            self.model, self.inner = model, inner
+            self.model, self.inner = model, inner          # the original model; the kernel that ran
 
     def __init__(self, run, neutra: NeuTraReparam, model) -> None:
         self.run, self.neutra = run, neutra
