@@ -712,3 +712,18 @@ def test_a_folder_another_process_made_and_locked_first_is_never_removed_by_the_
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_folder_made_but_not_locked_is_not_left_behind(tmp_path, monkeypatch):
+    """The lock cannot be taken (here: a file system that refuses the lock file): the error names the folder,
+    and the empty folder this process made for it is gone (it used to stay until the end of the command)."""
+    from svilab.experiments import runs
+
+    def refuse(lock, content):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(runs, "_create_lock", refuse)
+    out = tmp_path / "new" / "run"
+    with pytest.raises(runs.RunFolderError, match="cannot create run folder .*Permission denied"):
+        RunFolder("posterior", out=out)
+    assert not out.exists()

@@ -247,9 +247,8 @@ def run_user_nuts(um: UserModel, config: PosteriorConfig, sites, start=None, flo
             res = neutra_nuts(um.model, flow, num_samples=n["num_samples"], warmup_steps=n["warmup_steps"],
                               num_chains=n["num_chains"], seed=config.seed, max_plate_nesting=sites.max_plate_nesting,
                               time_limit=n.get("time_limit"))
-        method = nuts_method(res)
-        method.extra["reparam"] = "neutra (flow)"
-        return method
+        res.config["reparam"] = "neutra (flow)"
+        return nuts_method(res)
     init = "uniform" if config.init in GAUSSIAN_STARTS else config.init  # NUTS adapts from Stan's init
     extra = {}
     if preconditioned(config, start):
@@ -282,6 +281,7 @@ def nuts_method(res) -> MethodResult:
         warns.insert(0, stopped_text(n["stopped"]))
     return MethodResult("nuts", idata, seconds=res.seconds, warnings=warns,
                         extra={"divergences": divergences, "gradient_evals": n.get("gradient_evals"),
+                               **({"reparam": n["reparam"]} if n.get("reparam") else {}),
                                "tree_depth_hits": n.get("tree_depth_hits"), "stopped": n.get("stopped"),
                                "max_r_hat": float(s["r_hat"].max()) if "r_hat" in s and n["num_chains"] > 1 else None,
                                "min_ess_bulk": float(s["ess_bulk"].min()) if "ess_bulk" in s else None})

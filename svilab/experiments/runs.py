@@ -313,7 +313,13 @@ class RunFolder:
             else:
                 created = self._make(path, exist_ok=True)
         self.path = path
-        self._lock()
+        try:
+            self._lock()
+        except RunFolderError:
+            if created:                    # the empty folder this process made; never one another process
+                with contextlib.suppress(OSError):       # holds: its lock file is in it, so rmdir fails
+                    path.rmdir()
+            raise
         if created:
             _CREATED.append(path)          # ours to remove on bad input only once it is locked by us: a folder
             #                                a racing process made first and locked is never ours to remove

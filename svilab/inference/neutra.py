@@ -30,6 +30,7 @@ from pyro.infer.reparam import NeuTraReparam
 from torch.distributions.transforms import IndependentTransform
 
 from svilab.inference.mcmc import NUTSResult, mcmc_diagnostics, run_nuts
+from svilab.inference.sites import model_sites
 
 
 class _VectorTransform:
@@ -60,26 +61,29 @@ class NeuTraChains:
         def __init__(self, model, inner) -> None:
             self.model, self.inner = model, inner          # the original model; the kernel that ran
 
-    def __init__(self, run, neutra: NeuTraReparam, model) -> None:
-        self.run, self.neutra = run, neutra
+    def __init__(self, run, neutra: NeuTraReparam, model, max_plate_nesting: int) -> None:
+        self.run, self.neutra, self.max_plate_nesting = run, neutra, max_plate_nesting
         self.kernel = NeuTraChains._Kernel(model, run.kernel)
         self.num_chains = run.num_chains
         self.args, self.kwargs = getattr(run, "args", ()), getattr(run, "kwargs", {})
+        self._samples: dict | None = None
 
     def get_samples(self, num_samples=None, group_by_chain: bool = False) -> dict:
         """The model's latent sites (constrained), ``{site: (chains * draws, *shape)}``, or ``(chains, draws,
         *shape)`` with ``group_by_chain``; ``num_samples`` is ignored (every kept draw), as in
         :class:`~svilab.inference.mcmc.SequentialChains`."""
-        (z,) = self.run.get_samples(group_by_chain=True).values()             # (chains, draws, D): the base
-        chains, draws = z.shape[:2]
-        guide = self.neutra.guide
-        # the draws' batch dimension left of the model's plates (Pyro's transform_sample needs it there)
-        nesting = max((-f.dim for site in guide.prototype_trace.nodes.values() if site["type"] == "sample"
-                       for f in site["cond_indep_stack"] if f.vectorized and f.dim is not None), default=0)
-        with torch.no_grad():
-            values = self.neutra.transform_sample(z.reshape((chains * draws,) + (1,) * nesting + (z.shape[-1],)))
-        lead = (chains, draws) if group_by_chain else (chains * draws,)
-        return {k: v.reshape(lead + tuple(guide.prototype_trace.nodes[k]["value"].shape)) for k, v in values.items()}
+        if self._samples is None:                       # mapped back once (the InferenceData and R-hat both ask)
+            (z,) = self.run.get_samples(group_by_chain=True).values()         # (chains, draws, D): the base
+            chains, draws = z.shape[:2]
+            nodes = self.neutra.guide.prototype_trace.nodes
+            # the draws' batch dimension left of the model's plates (Pyro's transform_sample needs it there)
+            lead = (chains * draws,) + (1,) * self.max_plate_nesting
+            with torch.no_grad():
+                values = self.neutra.transform_sample(z.reshape(lead + (z.shape[-1],)))
+            self._samples = {k: v.reshape((chains, draws) + tuple(nodes[k]["value"].shape)) for k, v in values.items()}
+        if group_by_chain:
+            return self._samples
+        return {k: v.reshape((-1,) + tuple(v.shape[2:])) for k, v in self._samples.items()}
 
     def diagnostics(self) -> dict:
         """R-hat and ESS of the model's sites (:func:`~svilab.inference.mcmc.mcmc_diagnostics`) with the run's
@@ -115,8 +119,11 @@ def neutra_nuts(model, guide: AutoContinuous, *args, **nuts_options) -> NUTSResu
     guide.requires_grad_(False)
     neutra = NeuTraReparam(guide)
     neutra.guide = _VectorTransform(guide)
+    nesting = nuts_options.get("max_plate_nesting")
+    if nesting is None:
+        nesting = nuts_options["max_plate_nesting"] = model_sites(model, *args).max_plate_nesting
     res = run_nuts(neutra.reparam(model), *args, **nuts_options)
-    res.mcmc = NeuTraChains(res.mcmc, neutra, model)
+    res.mcmc = NeuTraChains(res.mcmc, neutra, model, nesting)
     res.config["reparam"] = "neutra"
     return res
 
